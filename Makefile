@@ -1,0 +1,56 @@
+# Two commands do all the set-up on a fresh machine with Python 3.10+:
+#   make lab    creates .venv, installs the project with the tested versions, opens JupyterLab in labs/
+#   make test   the same install, then the whole test suite (unit, notebooks, browser)
+# CPU-only Linux users who want to skip the multi-GB CUDA torch: make lab TORCH_INDEX=https://download.pytorch.org/whl/cpu
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH_INDEX ?=
+PIP_INDEX := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
+LAB_ARGS ?=
+PYTEST_ARGS ?=
+NBVAL := --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=600 -p no:randomly
+
+.PHONY: lab install test test-unit test-labs test-browser run-labs doctor lint clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install $(PIP_INDEX) -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lab: $(STAMP)
+	cd labs && ../$(BIN)/jupyter lab $(LAB_ARGS)
+
+test: test-unit test-labs test-browser
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest tests -m "not browser" $(PYTEST_ARGS)
+
+test-labs: $(STAMP)
+	$(BIN)/python -m pytest $(NBVAL) labs $(PYTEST_ARGS)
+
+test-browser: $(STAMP)
+	$(BIN)/python -m pytest tests/browser -m browser $(PYTEST_ARGS)
+
+run-labs: $(STAMP)
+	$(BIN)/labkit run-labs
+
+doctor: $(STAMP)
+	$(BIN)/labkit doctor
+
+lint: $(STAMP)
+	$(BIN)/ruff check labkit widgets tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache
+
+binder/requirements.txt: constraints.txt
+	{ echo "# repo2docker (Binder): the tested set from constraints.txt, with the CPU build of torch."; \
+	  echo "# Regenerate with: make binder/requirements.txt"; \
+	  echo "--extra-index-url https://download.pytorch.org/whl/cpu"; \
+	  grep -v '^#' constraints.txt; } > $@

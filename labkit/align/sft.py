@@ -1,0 +1,632 @@
+"""Supervised fine-tuning (lab 06): chat formatting, loss masks, TRL's SFTTrainer, LoRA, judging.
+
+A base model continues text; SFT shows it conversations rendered with the tokenizer's chat
+template and trains it to write the assistant turns. Which tokens carry loss is decided by the
+template's `{% generation %}...{% endgeneration %}` markers: `apply_chat_template(...,
+return_assistant_tokens_mask=True)` marks them, and everything else gets label -100. The same
+mask is what TRL's `assistant_only_loss=True` uses, so the lab's picture and the trainer agree.
+
+Training is TRL's `SFTTrainer` (full fine-tuning, or LoRA through peft); answers are greedy chat
+completions stopped at `<|end|>`; a held-out question counts as answered when the fact's object
+appears in the answer, and a rule-based judge checks the format (stopped, complete, not looping).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import platform
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from ..errors import LabkitError
+from ..models import count_parameters
+
+ROLES = ("system", "user", "assistant")
+END_TOKEN = "<|end|>"
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LORA_DEFAULTS = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0}
+# An answer whose word bigrams repeat more than this share is looping ("quantum computing quantum
+# mechanics quantum bits ..."); clean one- or two-sentence answers stay near 0.
+REPETITION_THRESHOLD = 0.2
+_GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+# The shipped adapter (`build_sft_adapter`): LoRA on the curated set, from the shipped base model.
+SFT_ADAPTER_RECIPE = {"steps": 600, "batch_size": 16, "lr": 3e-3, "lora": dict(LORA_DEFAULTS),
+                      "seed": 6, "warmup_steps": 30, "max_new_tokens": 40}
+
+
+# --- chat formatting and the loss mask -------------------------------------------------------
+
+
+def validate_conversation(messages, index: int | None = None) -> list[dict]:
+    """The messages of one conversation, checked: roles in ROLES, string contents, and at least
+    one assistant turn (without one there is nothing to learn)."""
+    where = "conversation" if index is None else f"conversation {index}"
+    if not isinstance(messages, Sequence) or isinstance(messages, str) or not messages:
+        raise LabkitError(f"{where} must be a non-empty list of {{'role', 'content'}} messages, "
+                          f"got {type(messages).__name__} {str(messages)[:60]!r}")
+    for m in messages:
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(
+                m.get("content"), str):
+            raise LabkitError(f"{where} has a bad message {str(m)[:80]!r}; each message needs "
+                              f"role in {ROLES} and a string content")
+    if not any(m["role"] == "assistant" for m in messages):
+        roles = [m["role"] for m in messages]
+        raise LabkitError(f"{where} has no assistant turn (roles {roles}); SFT needs at least one "
+                          "{'role': 'assistant', ...} message to learn from")
+    return list(messages)
+
+
+def require_generation_markers(tokenizer) -> None:
+    """Assistant-only loss needs `{% generation %}` markers in the chat template."""
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):
+        template = template.get("default")
+    if not template:
+        raise LabkitError("the tokenizer has no chat template; use labkit.loaders.load_tokenizer() "
+                          "(the world tokenizer ships one)")
+    if not _GENERATION_MARKER.search(template):
+        raise LabkitError("the tokenizer's chat template has no {% generation %}...{% endgeneration "
+                          "%} markers, so assistant tokens cannot be found; wrap the assistant "
+                          "content (and its end token) in them, as the world tokenizer's template does")
+
+
+def render_chat(tokenizer, messages, *, add_generation_prompt: bool = False) -> str:
+    """The conversation as the model sees it: the chat template applied, as text."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise LabkitError("the tokenizer has no chat template; use labkit.loaders.load_tokenizer()")
+    return tokenizer.apply_chat_template(list(messages), tokenize=False,
+                                         add_generation_prompt=add_generation_prompt)
+
+
+@dataclass
+class ChatLabels:
+    """One conversation tokenized for SFT: ids, the assistant mask, and the labels it gives."""
+
+    input_ids: list[int]
+    mask: list[int]  # 1 on assistant tokens (content and its <|end|>), 0 elsewhere
+    labels: list[int]  # the token id where it carries loss, -100 where it does not
+    tokens: list[str]  # each token decoded on its own, for display
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame({"position": range(len(self.input_ids)), "token": self.tokens,
+                             "id": self.input_ids, "label": self.labels,
+                             "loss": [bool(m) for m in self.mask]})
+
+
+def assistant_mask(tokenizer, messages, *, assistant_only: bool = True) -> ChatLabels:
+    """Tokenize a conversation with the chat template; labels are -100 on every token outside
+    the template's generation markers (all tokens carry loss when assistant_only=False)."""
+    messages = validate_conversation(messages)
+    require_generation_markers(tokenizer)
+    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
+                                        return_assistant_tokens_mask=True)
+    ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
+    if not any(mask):
+        raise LabkitError("the chat template marked no assistant token in this conversation; "
+                          "check that its {% generation %} block wraps the assistant content")
+    if not assistant_only:
+        mask = [1] * len(ids)
+    labels = [t if m else -100 for t, m in zip(ids, mask)]
+    return ChatLabels(ids, mask, labels, [tokenizer.decode([t]) for t in ids])
+
+
+def loss_token_share(tokenizer, conversations: Iterable) -> float:
+    """The share of all template tokens that are assistant tokens (what assistant-only loss
+    keeps); the rest is prompt, system text and role markers."""
+    kept = total = 0
+    for messages in conversations:
+        lab = assistant_mask(tokenizer, messages)
+        kept, total = kept + sum(lab.mask), total + len(lab.mask)
+    if total == 0:
+        raise LabkitError("conversations is empty; pass at least one conversation")
+    return kept / total
+
+
+def _display(token: str) -> str:
+    return token.replace("\n", "↵").replace(" ", "·") or "∅"
+
+
+def loss_mask_figure(tokenizer, messages, *, assistant_only: bool = True, per_row: int = 12):
+    """Token by token, which tokens carry loss (green) and which are masked to -100 (grey)."""
+    import plotly.graph_objects as go
+
+    lab = assistant_mask(tokenizer, messages, assistant_only=assistant_only)
+    n = len(lab.input_ids)
+    rows = math.ceil(n / per_row)
+    z = [[None] * per_row for _ in range(rows)]
+    text = [[""] * per_row for _ in range(rows)]
+    hover = [[""] * per_row for _ in range(rows)]
+    for i, (tok, lbl, m) in enumerate(zip(lab.tokens, lab.labels, lab.mask)):
+        r, c = divmod(i, per_row)
+        z[r][c], text[r][c] = m, _display(tok)
+        hover[r][c] = f"position {i}: {tok!r}, label {lbl}"
+    fig = go.Figure(go.Heatmap(
+        z=z, text=text, hovertext=hover, hoverinfo="text", texttemplate="%{text}",
+        colorscale=[[0, "#d0d5dd"], [1, "#7ad694"]], zmin=0, zmax=1, showscale=False, xgap=2,
+        ygap=2))
+    kept = sum(lab.mask)
+    what = "assistant tokens only" if assistant_only else "every token"
+    fig.update_layout(
+        title=f"Loss on {what}: {kept} of {n} tokens carry loss (green); grey labels are -100",
+        xaxis_title=f"token position within the row (tokens, {per_row} per row)",
+        yaxis_title="row (tokens)", height=120 + 38 * rows, margin=dict(t=60, b=50, l=60, r=20))
+    fig.update_yaxes(autorange="reversed", tickvals=list(range(rows)),
+                     ticktext=[str(r * per_row) for r in range(rows)])
+    return fig
+
+
+@torch.no_grad()
+def conversation_loss(model, tokenizer, conversations: Sequence, *,
+                      assistant_only: bool = True) -> float:
+    """Mean next-token loss (nats per token) over the tokens that carry loss."""
+    convs = list(conversations)
+    if not convs:
+        raise LabkitError("conversations is empty; pass at least one conversation")
+    labs = [assistant_mask(tokenizer, c, assistant_only=assistant_only) for c in convs]
+    width = max(len(lab.input_ids) for lab in labs)
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([lab.input_ids + [pad] * (width - len(lab.input_ids)) for lab in labs])
+    att = torch.tensor([[1] * len(lab.input_ids) + [0] * (width - len(lab.input_ids))
+                        for lab in labs])
+    labels = torch.tensor([lab.labels + [-100] * (width - len(lab.labels)) for lab in labs])
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        logits = model(input_ids=ids.to(device), attention_mask=att.to(device)).logits.float()
+    finally:
+        model.train(was_training)
+    # Summed over all label tokens of the batch, then divided once: each token weighs the same.
+    return float(torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1).to(device),
+        ignore_index=-100))
+
+
+# --- training with TRL -----------------------------------------------------------------------
+
+
+def lora_config(lora=True):
+    """A peft LoraConfig on every attention and MLP projection (q/k/v/o, gate/up/down);
+    `lora` is True, a dict of LoraConfig fields overriding LORA_DEFAULTS, or a LoraConfig."""
+    from peft import LoraConfig
+
+    if isinstance(lora, LoraConfig):
+        return lora
+    if lora is True:
+        lora = {}
+    if not isinstance(lora, dict):
+        raise LabkitError(f"lora={lora!r} is not valid; use None (full fine-tuning), True, a dict "
+                          "of LoraConfig fields such as {'r': 8} or a peft.LoraConfig")
+    params = {**LORA_DEFAULTS, "target_modules": list(LORA_TARGETS), "bias": "none",
+              "task_type": "CAUSAL_LM", **lora}
+    if not (isinstance(params["r"], int) and params["r"] >= 1):
+        raise LabkitError(f"lora r={params['r']!r} must be an integer >= 1")
+    return LoraConfig(**params)
+
+
+def conversations_dataset(dataset):
+    """A `datasets.Dataset` with one column, `messages`, from records or a Dataset; every
+    conversation is validated (an empty dataset or one without an assistant turn is an error)."""
+    import datasets
+
+    if isinstance(dataset, datasets.Dataset):
+        if "messages" not in dataset.column_names:
+            raise LabkitError(f"dataset has no 'messages' column (columns {dataset.column_names}); "
+                              "SFT needs conversations")
+        rows = dataset["messages"]
+    else:
+        rows = []
+        for i, r in enumerate(dataset or []):
+            rows.append(r["messages"] if isinstance(r, dict) and "messages" in r else r)
+    if len(rows) == 0:
+        raise LabkitError("dataset is empty; pass at least one conversation (e.g. "
+                          "labkit.loaders.load_records('instructions_curated'))")
+    clean = [[{"role": m["role"], "content": m["content"]}
+              for m in validate_conversation(r, i)] for i, r in enumerate(rows)]
+    return datasets.Dataset.from_list([{"messages": m} for m in clean])
+
+
+class _PeakMemory:
+    """Peak memory of a block: CUDA's allocator peak, or on CPU the highest resident set size
+    above the starting one (sampled every 5 ms), in MiB."""
+
+    def __init__(self, device: str):
+        self.device, self.peak_mib, self._stop = device, 0.0, threading.Event()
+
+    def _sample(self, proc, start):
+        peak = start
+        while not self._stop.is_set():
+            peak = max(peak, proc.memory_info().rss)
+            self._stop.wait(0.005)
+        self.peak_mib = (max(peak, proc.memory_info().rss) - start) / 2**20
+
+    def __enter__(self):
+        if self.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+            self._start = torch.cuda.memory_allocated()
+        else:
+            import psutil
+
+            proc = psutil.Process()
+            self._thread = threading.Thread(target=self._sample,
+                                            args=(proc, proc.memory_info().rss), daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.startswith("cuda"):
+            self.peak_mib = (torch.cuda.max_memory_allocated() - self._start) / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
+
+
+def _training_state_mib(model, optimizer) -> float:
+    """Bytes held by weights, their gradients and the optimizer's state, counted tensor by
+    tensor: what full fine-tuning pays for every weight and LoRA only for the adapters."""
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    total += sum(p.grad.numel() * p.grad.element_size() for p in model.parameters()
+                 if p.grad is not None)
+    inner = getattr(optimizer, "optimizer", optimizer)
+    for state in inner.state.values():
+        total += sum(v.numel() * v.element_size() for v in state.values()
+                     if isinstance(v, torch.Tensor))
+    return total / 2**20
+
+
+@dataclass
+class SFTRun:
+    """What `sft_train` returns: the trained model and what the run cost."""
+
+    model: object  # the trained model (a peft PeftModel when trained with LoRA)
+    history: pd.DataFrame  # step, loss, learning_rate, grad_norm, ... one row per logged step
+    trainable_params: int
+    total_params: int
+    wall_s: float
+    peak_mib: float  # measured during training (CUDA allocator peak, or RSS growth on CPU)
+    state_mib: float  # weights + gradients + optimizer state, counted from the tensors
+    config: dict = field(default_factory=dict)
+
+    @property
+    def final_loss(self) -> float:
+        """Mean training loss over the last 10% of logged steps (at least one step)."""
+        losses = self.history["loss"].dropna()
+        return float(losses.tail(max(1, len(losses) // 10)).mean())
+
+    def summary(self) -> dict:
+        return {"method": "LoRA" if self.config.get("lora") else "full",
+                "trainable_params": self.trainable_params, "total_params": self.total_params,
+                "trainable_share": self.trainable_params / self.total_params,
+                "state_mib": round(self.state_mib, 2), "peak_mib": round(self.peak_mib, 1),
+                "wall_s": round(self.wall_s, 2), "final_loss": round(self.final_loss, 4)}
+
+
+def sft_train(model, tokenizer, dataset, *, steps: int, lr: float, batch_size: int,
+              lora=None, assistant_only: bool = True, seed: int = 0, output_dir=None,
+              warmup_steps: int = 0, max_length: int = 256, device: str | None = None,
+              bf16: bool | None = None, inplace: bool = False) -> SFTRun:
+    """Fine-tune `model` on conversations with TRL's SFTTrainer for exactly `steps` steps.
+
+    `lora`: None trains every weight; True, a dict of LoraConfig fields or a LoraConfig trains
+    LoRA adapters on q/k/v/o/gate/up/down only. `assistant_only` puts the loss on assistant
+    tokens (TRL's assistant_only_loss, from the template's generation markers); False trains on
+    every token. The model is copied first unless `inplace`; the copy comes back in the run.
+    """
+    from transformers import PrinterCallback
+    from trl import SFTConfig, SFTTrainer
+
+    for name, value in (("steps", steps), ("batch_size", batch_size)):
+        if not (isinstance(value, int) and value >= 1):
+            raise LabkitError(f"{name}={value!r} must be an integer >= 1")
+    if not (isinstance(lr, (int, float)) and 0 < lr < 1):
+        raise LabkitError(f"lr={lr!r} must be a number in (0, 1), e.g. 1e-3")
+    if assistant_only:
+        require_generation_markers(tokenizer)
+    train_set = conversations_dataset(dataset)
+    peft_config = lora_config(lora) if lora is not None and lora is not False else None
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    bf16 = (device.startswith("cuda") and torch.cuda.is_bf16_supported()) if bf16 is None else bf16
+    model = model if inplace else copy.deepcopy(model)
+    tmp = None
+    if output_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="labkit-sft-")
+        output_dir = tmp.name
+    args = SFTConfig(
+        output_dir=str(output_dir), max_steps=steps, per_device_train_batch_size=batch_size,
+        learning_rate=lr, lr_scheduler_type="cosine", warmup_steps=warmup_steps,
+        weight_decay=0.0, max_grad_norm=1.0, seed=seed, data_seed=seed,
+        use_cpu=not device.startswith("cuda"), bf16=bf16, fp16=False,
+        gradient_checkpointing=False, assistant_only_loss=assistant_only,
+        max_length=max_length, packing=False, logging_steps=1, save_strategy="no",
+        report_to="none", disable_tqdm=True, dataloader_num_workers=0,
+        dataloader_pin_memory=False, log_level="error", optim="adamw_torch",
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_set,
+                         processing_class=tokenizer, peft_config=peft_config)
+    trainer.remove_callback(PrinterCallback)  # one log line per step would flood a notebook
+    trained = trainer.model
+    trainable = count_parameters(trained, trainable_only=True)
+    total = count_parameters(trained) - (
+        sum(p.numel() for n, p in trained.named_parameters() if "lora_" in n))
+    start = time.perf_counter()
+    with _PeakMemory(device) as mem:
+        trainer.train()
+    wall = time.perf_counter() - start
+    state = _training_state_mib(trained, trainer.optimizer)
+    trained.zero_grad(set_to_none=True)
+    trained.eval()
+    history = pd.DataFrame([r for r in trainer.state.log_history if "loss" in r])
+    history = history[[c for c in ("step", "loss", "learning_rate", "grad_norm",
+                                   "mean_token_accuracy", "num_tokens") if c in history]]
+    if tmp is not None:
+        tmp.cleanup()
+    config = {"steps": steps, "lr": lr, "batch_size": batch_size, "assistant_only": assistant_only,
+              "seed": seed, "warmup_steps": warmup_steps, "max_length": max_length,
+              "examples": len(train_set), "device": device, "bf16": bf16,
+              "lora": None if peft_config is None else
+              {"r": peft_config.r, "lora_alpha": peft_config.lora_alpha,
+               "target_modules": sorted(peft_config.target_modules)}}
+    return SFTRun(trained, history, trainable, total, wall, mem.peak_mib, state, config)
+
+
+def merge_lora(model, *, copy_first: bool = True):
+    """The adapter folded into the base weights (W + B A * alpha/r): a plain transformers model
+    with the adapter's outputs and no adapter overhead. The input stays intact unless
+    copy_first=False."""
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel):
+        raise LabkitError(f"merge_lora needs a peft PeftModel (a LoRA run's model), got "
+                          f"{type(model).__name__}")
+    model = copy.deepcopy(model) if copy_first else model
+    merged = model.merge_and_unload()
+    merged.eval()
+    return merged
+
+
+def parameter_table(runs: dict) -> pd.DataFrame:
+    """One row per SFTRun: trainable parameters, memory, time and final loss."""
+    return pd.DataFrame([{"run": name, **run.summary()} for name, run in runs.items()]
+                        ).set_index("run")
+
+
+def loss_curves_figure(runs: dict):
+    """Training loss against step for several SFTRuns."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for name, run in runs.items():
+        fig.add_scatter(x=run.history["step"], y=run.history["loss"], mode="lines", name=name)
+    fig.update_layout(title="SFT training loss (on the tokens that carry loss)",
+                      xaxis_title="optimizer step", yaxis_title="loss (nats per token)")
+    return fig
+
+
+# --- answering and judging -------------------------------------------------------------------
+
+
+def _stop_ids(tokenizer) -> list[int]:
+    ids = [tokenizer.convert_tokens_to_ids(END_TOKEN), tokenizer.eos_token_id]
+    return [i for i in ids if i is not None and i != tokenizer.unk_token_id]
+
+
+def _prompt_ids(tokenizer, question: str) -> list[int]:
+    if not isinstance(question, str) or not question.strip():
+        raise LabkitError(f"question={question!r} must be a non-empty string")
+    return list(tokenizer.apply_chat_template([{"role": "user", "content": question}],
+                                              tokenize=True, add_generation_prompt=True,
+                                              return_dict=True)["input_ids"])
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, questions: Sequence[str], *, max_new_tokens: int = 40,
+                     batch_size: int = 32) -> list[tuple[str, bool]]:
+    """Greedy chat answers to user questions, stopped at <|end|>: (text, stopped) per question,
+    where stopped says the model ended its turn itself. Batches are left-padded."""
+    if max_new_tokens < 1:
+        raise LabkitError(f"max_new_tokens={max_new_tokens} must be >= 1")
+    prompts = [_prompt_ids(tokenizer, q) for q in questions]
+    context = getattr(model.config, "max_position_embeddings", None)
+    longest = max((len(p) for p in prompts), default=0)
+    if context is not None and longest + max_new_tokens > context:
+        raise LabkitError(f"a prompt of {longest} tokens + max_new_tokens={max_new_tokens} "
+                          f"exceeds the model's context of {context} tokens")
+    stops = _stop_ids(tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[-1]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out: list[tuple[str, bool]] = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start:start + batch_size]
+            width = max(len(p) for p in chunk)
+            ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=device)
+            att = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk],
+                               device=device)
+            gen = model.generate(input_ids=ids, attention_mask=att, max_new_tokens=max_new_tokens,
+                                 do_sample=False, top_k=None, top_p=None, temperature=None,
+                                 eos_token_id=stops, pad_token_id=pad)
+            for row in gen[:, width:].tolist():
+                cut = next((i for i, t in enumerate(row) if t in stops), None)
+                text = tokenizer.decode(row if cut is None else row[:cut],
+                                        skip_special_tokens=True)
+                out.append((text.strip(), cut is not None))
+    finally:
+        model.train(was_training)
+    return out
+
+
+def answer(model, tokenizer, question: str, max_new_tokens: int = 40) -> str:
+    """The model's greedy chat answer to one user question (the template's generation prompt,
+    stopped at <|end|>)."""
+    return generate_answers(model, tokenizer, [question], max_new_tokens=max_new_tokens)[0][0]
+
+
+def repeated_bigram_share(text: str) -> float:
+    """The share of word bigrams that already appeared earlier in the text (0 = no repeats)."""
+    words = re.findall(r"\w+", text.lower())
+    bigrams = list(zip(words, words[1:]))
+    if not bigrams:
+        return 0.0
+    return 1.0 - len(set(bigrams)) / len(bigrams)
+
+
+def judge(response: str, stopped: bool) -> dict:
+    """Rule-based judge of format: the model ended its turn, the answer ends a sentence (or a
+    code block), and it does not loop. Facts are not judged here; exact match does that."""
+    text = response.strip()
+    complete = bool(text) and (text[-1] in ".!?" or text.endswith("```"))
+    share = repeated_bigram_share(text)
+    return {"stopped": stopped, "complete": complete, "repeated_bigrams": round(share, 4),
+            "repetitive": share > REPETITION_THRESHOLD,
+            "judge_ok": stopped and complete and share <= REPETITION_THRESHOLD}
+
+
+def evaluate_answers(model, tokenizer, questions, *, max_new_tokens: int = 40,
+                     batch_size: int = 32) -> pd.DataFrame:
+    """Ask held-out questions ({'question', 'answer'} records, e.g. load_records('sft_eval'))
+    and score each answer: exact match (the expected object appears in the answer, case
+    ignored) and the rule-based judge. One row per question."""
+    rows = list(questions) if questions is not None else []
+    if not rows:
+        raise LabkitError("questions is empty; pass records with 'question' and 'answer' "
+                          "(e.g. labkit.loaders.load_records('sft_eval'))")
+    for i, q in enumerate(rows):
+        if not (isinstance(q, dict) and isinstance(q.get("question"), str)
+                and isinstance(q.get("answer"), str) and q["answer"]):
+            raise LabkitError(f"questions[{i}] = {str(q)[:80]!r} needs string 'question' and "
+                              "non-empty 'answer' fields")
+    answers = generate_answers(model, tokenizer, [q["question"] for q in rows],
+                               max_new_tokens=max_new_tokens, batch_size=batch_size)
+    out = []
+    for q, (text, stopped) in zip(rows, answers):
+        out.append({"id": q.get("id"), "question": q["question"], "expected": q["answer"],
+                    "response": text, "exact": q["answer"].lower() in text.lower(),
+                    **judge(text, stopped)})
+    return pd.DataFrame(out)
+
+
+def summarize_answers(frames: dict) -> pd.DataFrame:
+    """One row per model: exact-match accuracy and the judge's pass rate and its parts."""
+    rows = []
+    for name, df in frames.items():
+        rows.append({"model": name, "questions": len(df), "exact_match": df["exact"].mean(),
+                     "judge_ok": df["judge_ok"].mean(), "stopped": df["stopped"].mean(),
+                     "complete": df["complete"].mean(), "repetitive": df["repetitive"].mean()})
+    return pd.DataFrame(rows).set_index("model")
+
+
+def accuracy_figure(summary: pd.DataFrame, title: str = "Held-out world questions"):
+    """Grouped bars: exact-match accuracy and judge pass rate per model."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for col, label in (("exact_match", "exact match"), ("judge_ok", "judge: well-formed")):
+        fig.add_bar(x=list(summary.index), y=summary[col], name=label,
+                    text=[f"{v:.0%}" for v in summary[col]], textposition="outside")
+    fig.update_layout(title=f"{title} ({int(summary['questions'].iloc[0])} questions)",
+                      xaxis_title="model", yaxis_title="share of questions (fraction)",
+                      yaxis_range=[0, 1.1], barmode="group")
+    return fig
+
+
+def side_by_side(frames: dict, n: int = 5) -> pd.DataFrame:
+    """The first n questions with each model's answer in its own column."""
+    first = next(iter(frames.values())).head(n)
+    table = first[["question", "expected"]].copy()
+    for name, df in frames.items():
+        table[name] = df["response"].head(n).values
+    return table
+
+
+# --- the shipped adapter ---------------------------------------------------------------------
+
+
+def build_sft_adapter(out=None, *, steps: int | None = None, echo=print) -> dict:
+    """Train the shipped SFT adapter: LoRA on the curated set from the shipped base model, saved
+    as a PEFT adapter (safetensors) in <out>/models/sft-adapter with README.md and metrics.json.
+    Held-out exact match is measured for base and SFT on all sft_eval questions."""
+    from ..loaders import load_model, load_records, load_tokenizer
+    from ..samples import data_dir
+
+    recipe = {**SFT_ADAPTER_RECIPE, **({"steps": steps} if steps else {})}
+    target = Path(out or data_dir()) / "models" / "sft-adapter"
+    tok = load_tokenizer()
+    base = load_model("base")
+    curated = load_records("instructions_curated")
+    questions = load_records("sft_eval")
+    echo(f"sft-adapter: {recipe['steps']} steps of LoRA SFT on {len(curated)} curated examples")
+    run = sft_train(base, tok, curated, steps=recipe["steps"], lr=recipe["lr"],
+                    batch_size=recipe["batch_size"], lora=recipe["lora"], seed=recipe["seed"],
+                    warmup_steps=recipe["warmup_steps"], device="cpu")
+    frames = {name: evaluate_answers(m, tok, questions, max_new_tokens=recipe["max_new_tokens"])
+              for name, m in (("base", base), ("sft", run.model))}
+    summary = summarize_answers(frames)
+    samples = side_by_side(frames, n=5)
+    metrics = {
+        "adapter": "sft", "recipe": recipe, **run.summary(),
+        "device": f"CPU, {torch.get_num_threads()} threads, {platform.machine()}",
+        "examples": len(curated), "epochs": recipe["steps"] * recipe["batch_size"] / len(curated),
+        "heldout_questions": len(questions),
+        "exact_match": {k: float(v) for k, v in summary["exact_match"].items()},
+        "judge_ok": {k: float(v) for k, v in summary["judge_ok"].items()},
+        "loss_curve": run.history[["step", "loss"]].to_dict("records"),
+        "samples": samples.to_dict("records"),
+    }
+    target.mkdir(parents=True, exist_ok=True)
+    run.model.peft_config["default"].base_model_name_or_path = "labkit:base"
+    run.model.save_pretrained(target, safe_serialization=True)
+    (target / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
+    (target / "README.md").write_text(_adapter_card(metrics, samples))
+    echo(f"sft-adapter: {json.dumps({k: metrics[k] for k in ('final_loss', 'wall_s', 'exact_match', 'judge_ok')})}")
+    return metrics
+
+
+def _adapter_card(m: dict, samples: pd.DataFrame) -> str:
+    r = m["recipe"]
+    lines = [
+        "---", "license: mit", "library_name: peft", "base_model: labkit:base",
+        "tags: [labkit, tiny, offline, sft, lora]", "---", "# world-sft (LoRA adapter)", "",
+        "A LoRA adapter that turns the shipped base model (`models/base`) into a chat model: "
+        "supervised fine-tuning with TRL's `SFTTrainer` on the 1,000 curated conversations "
+        "(`instructions/curated.jsonl`), loss on assistant tokens only (the chat template's "
+        "`{% generation %}` markers). Load it with `labkit.loaders.load_model(\"sft\")`.", "",
+        "## Recorded command", "", "    labkit train-models sft", "",
+        "## Config", "",
+        f"- LoRA r {r['lora']['r']}, alpha {r['lora']['lora_alpha']}, dropout "
+        f"{r['lora']['lora_dropout']}, on q/k/v/o/gate/up/down projections",
+        f"- trainable parameters: {m['trainable_params']:,} of {m['total_params']:,} "
+        f"({m['trainable_share']:.2%})",
+        f"- steps {r['steps']}, batch {r['batch_size']} conversations ({m['epochs']:.1f} epochs), "
+        f"peak lr {r['lr']}, warmup {r['warmup_steps']}, cosine to 0, AdamW, grad clip 1.0, "
+        f"fp32, max length 256, seed {r['seed']}", "",
+        "## Measured", "",
+        f"- wall time: {m['wall_s']:.0f} s on {m['device']}",
+        f"- final training loss: {m['final_loss']:.3f} (mean of the last 10% of steps)",
+        f"- weights + gradients + optimizer state during training: {m['state_mib']:.1f} MiB",
+        f"- held-out world questions ({m['heldout_questions']}, entities the instruction data "
+        "never mentions), greedy, exact match of the fact's object: "
+        f"base {m['exact_match']['base']:.3f}, SFT {m['exact_match']['sft']:.3f}",
+        f"- rule-based judge (stopped, complete sentence, no looping): base "
+        f"{m['judge_ok']['base']:.3f}, SFT {m['judge_ok']['sft']:.3f}", "",
+        "## Samples (greedy)", "",
+        "| question | expected | base | SFT |", "|---|---|---|---|",
+    ]
+    for row in samples.to_dict("records"):
+        cells = [str(row[k]).replace("|", "\\|").replace("\n", " ")
+                 for k in ("question", "expected", "base", "sft")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines + ["", "Scores are measured at the end of training and stored in "
+                              "`metrics.json`.", ""])

@@ -1,0 +1,79 @@
+"""The model family of the labs: transformers classes built from small configs.
+
+Causal models are Llama-architecture decoders (a GPT-style model with RMSNorm, rotary positions
+and SwiGLU, all layers plain nn.Linear so peft, bitsandbytes, GPTQ and AWQ apply directly);
+masked models are BERT encoders. Both come from configs, never from a hub, on the default path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import LabkitError
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    d_model: int = 128
+    n_layer: int = 4
+    n_head: int = 4
+    d_ff: int | None = None  # default: 8/3 * d_model rounded to 32 (SwiGLU) or 4 * d_model (BERT)
+    max_len: int = 256
+
+    def __post_init__(self):
+        if self.d_model % self.n_head:
+            raise LabkitError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}")
+
+
+def causal_lm_config(vocab_size: int, shape: ModelShape = ModelShape(), **special):
+    from transformers import LlamaConfig
+
+    d_ff = shape.d_ff or int(round(8 * shape.d_model / 3 / 32) * 32)
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=shape.d_model,
+        intermediate_size=d_ff,
+        num_hidden_layers=shape.n_layer,
+        num_attention_heads=shape.n_head,
+        num_key_value_heads=shape.n_head,
+        max_position_embeddings=shape.max_len,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-5,
+        **special,
+    )
+
+
+def masked_lm_config(vocab_size: int, shape: ModelShape = ModelShape(), **special):
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=shape.d_model,
+        intermediate_size=shape.d_ff or 4 * shape.d_model,
+        num_hidden_layers=shape.n_layer,
+        num_attention_heads=shape.n_head,
+        max_position_embeddings=shape.max_len,
+        type_vocab_size=1,
+        **special,
+    )
+
+
+def build_causal_lm(vocab_size: int, shape: ModelShape = ModelShape(), seed: int = 0, **special):
+    """A freshly initialised causal LM (seeded, so two calls give identical weights)."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(causal_lm_config(vocab_size, shape, **special))
+
+
+def build_masked_lm(vocab_size: int, shape: ModelShape = ModelShape(), seed: int = 0, **special):
+    import torch
+    from transformers import BertForMaskedLM
+
+    torch.manual_seed(seed)
+    return BertForMaskedLM(masked_lm_config(vocab_size, shape, **special))
+
+
+def count_parameters(model, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

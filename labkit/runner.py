@@ -1,0 +1,136 @@
+"""`labkit run-labs`: execute labs headless in fresh kernels and measure each one.
+
+This is the project's benchmark of lab runtimes: wall seconds from kernel start to the last
+cell, and the peak resident memory of the kernel and every process it started (torchrun workers
+included), sampled every 50 ms.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+
+from .errors import LabkitError
+from .samples import labs_dir
+
+LAB_NAME = re.compile(r"^(\d\d)_[\w-]+\.ipynb$")
+
+
+@dataclass
+class LabResult:
+    lab: str
+    status: str  # "ok", "error" or "timeout"
+    wall_s: float
+    peak_mib: float
+    detail: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def find_labs(only: list[str] | None = None, directory: Path | None = None) -> list[Path]:
+    """The lab notebooks, optionally those whose number or name matches `only`."""
+    directory = directory or labs_dir()
+    labs = sorted(p for p in directory.glob("*.ipynb") if LAB_NAME.match(p.name))
+    if not only:
+        return labs
+    chosen = []
+    for key in only:
+        key = key.strip()
+        hits = [p for p in labs if p.name[:2] == key.zfill(2) or p.stem == key or p.name == key]
+        if not hits:
+            valid = ", ".join(p.name[:2] for p in labs)
+            raise LabkitError(f"no lab matches {key!r}; labs are: {valid} (files in {directory})")
+        chosen.extend(h for h in hits if h not in chosen)
+    return chosen
+
+
+class _PeakMemory:
+    """Samples the summed RSS of all descendants of this process in a background thread."""
+
+    def __init__(self, interval: float = 0.05):
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self._me = psutil.Process()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            total = 0
+            for child in self._me.children(recursive=True):
+                try:
+                    total += child.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def run_lab(path: Path, *, cell_timeout: int = 600, output_dir: Path | None = None) -> LabResult:
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError
+
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(
+        nb, timeout=cell_timeout, kernel_name="python3",
+        resources={"metadata": {"path": str(path.parent)}},
+    )
+    status, detail = "ok", ""
+    start = time.perf_counter()
+    with _PeakMemory() as mem:
+        try:
+            client.execute()
+        except CellTimeoutError as exc:
+            status, detail = "timeout", str(exc).splitlines()[0]
+        except CellExecutionError as exc:
+            status = "error"
+            detail = f"{exc.ename}: {exc.evalue}"[:300]
+        except Exception as exc:  # kernel died, etc.
+            status, detail = "error", f"{type(exc).__name__}: {exc}"[:300]
+    wall = time.perf_counter() - start
+    if output_dir is not None:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, output_dir / path.name)
+    return LabResult(path.stem, status, round(wall, 1), round(mem.peak / 2**20, 0), detail)
+
+
+def run_labs(only=None, profile: str | None = None, cell_timeout: int = 600,
+             output_dir: Path | None = None, echo=print) -> list[LabResult]:
+    labs = find_labs(only)
+    if profile:
+        from .profiles import PROFILES
+
+        if profile not in PROFILES:
+            raise LabkitError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
+        os.environ["LABKIT_PROFILE"] = profile
+    results = []
+    for path in labs:
+        echo(f"running {path.name} ...", flush=True)
+        result = run_lab(path, cell_timeout=cell_timeout, output_dir=output_dir)
+        echo(f"  {result.status} in {result.wall_s:.1f} s, peak {result.peak_mib:.0f} MiB {result.detail}", flush=True)
+        results.append(result)
+    return results
+
+
+def format_results(results: list[LabResult], profile_name: str) -> str:
+    from .env import device_label
+
+    head = f"{'lab':<28} {'status':<8} {'wall s':>7} {'peak MiB':>9}  detail"
+    lines = [f"labkit run-labs (profile {profile_name}, {device_label()})", head, "-" * len(head)]
+    for r in results:
+        lines.append(f"{r.lab:<28} {r.status:<8} {r.wall_s:>7.1f} {r.peak_mib:>9.0f}  {r.detail}")
+    return "\n".join(lines)

@@ -1,0 +1,136 @@
+"""`labkit build-samples`: regenerate every data artifact of data_samples/ deterministically.
+
+Same seed, same bytes: gzip headers carry no timestamps, WARC record ids and dates come from the
+seeded generator, JSON is written with sorted keys. Model artifacts have their own recorded
+command (`labkit train-models`) and keep their MANIFEST entries across rebuilds.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from ..errors import LabkitError
+from ..samples import data_dir
+from .bench import LM_EVAL_YAML, contaminated_set, knowledge_test
+from .code import code_tasks
+from .crawl import label_dicts, make_pages, write_warc
+from .documents import make_documents
+from .instruct import curated_set, noisy_set, preference_pairs, sft_eval_questions
+from .kb import make_world
+from .tokenizer import train_tokenizer
+
+SEED = 7
+N_DOCS = 16000
+N_HELDOUT = 300
+N_CRAWL = 1500
+BUILD_COMMAND = "labkit build-samples"
+
+
+def _jsonl(records) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records).encode()
+
+
+def _gz(data: bytes) -> bytes:
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0, filename="") as fh:
+        fh.write(data)
+    return buf.getvalue()
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def generate(out: Path, seed: int = SEED) -> list[str]:
+    """Write every data artifact under `out`; returns the relative paths written."""
+    world = make_world(seed)
+    docs = make_documents(world, random.Random(seed + 1), N_DOCS)
+    heldout = make_documents(world, random.Random(seed + 2), N_HELDOUT, start=N_DOCS)
+    files: dict[str, bytes] = {}
+    kb = {k: [asdict(e) for e in getattr(world, k)] for k in
+          ("countries", "cities", "people", "animals", "substances", "inventions")}
+    kb["facts"] = [asdict(f) for f in world.facts()]
+    files["world/knowledge_base.json"] = json.dumps(kb, indent=1, sort_keys=True).encode()
+    files["corpus/train.jsonl.gz"] = _gz(_jsonl(d.as_dict() for d in docs))
+    files["corpus/heldout.jsonl"] = _jsonl(d.as_dict() for d in heldout)
+
+    rng = random.Random(seed + 3)
+    crawl_docs = rng.sample(docs, N_CRAWL)
+    pages = make_pages(rng, crawl_docs)
+    files["crawl/labels.jsonl"] = _jsonl(label_dicts(pages))
+
+    rng = random.Random(seed + 4)
+    files["instructions/curated.jsonl"] = _jsonl(curated_set(world, rng, 1000))
+    files["instructions/noisy.jsonl.gz"] = _gz(_jsonl(noisy_set(world, rng, 10000)))
+    files["instructions/sft_eval.jsonl"] = _jsonl(sft_eval_questions(world, rng, 200))
+    files["preferences/pairs.jsonl"] = _jsonl(preference_pairs(world, random.Random(seed + 5), 3000))
+
+    rng = random.Random(seed + 6)
+    mc = knowledge_test(world, rng, 400)
+    files["benchmarks/knowledge_mc.jsonl"] = _jsonl(mc)
+    files["benchmarks/code_tasks.jsonl"] = _jsonl(code_tasks(seed, 40))
+    records, leaked = contaminated_set(rng, mc, [d.text for d in heldout[:200]])
+    files["benchmarks/contaminated_finetune.jsonl"] = _jsonl(records)
+    files["benchmarks/contaminated_ids.json"] = json.dumps(leaked, indent=1).encode()
+    files["benchmarks/lm_eval/world_knowledge.yaml"] = LM_EVAL_YAML.encode()
+
+    for rel, data in files.items():
+        path = out / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    (out / "crawl").mkdir(parents=True, exist_ok=True)
+    write_warc(out / "crawl/crawl.warc.gz", pages, seed)
+    written = sorted(files) + ["crawl/crawl.warc.gz"]
+
+    tok = train_tokenizer((d.text for d in docs), vocab_size=4096)
+    tok_dir = out / "tokenizer"
+    tok.save_pretrained(tok_dir)
+    written += sorted(f"tokenizer/{p.name}" for p in tok_dir.iterdir())
+    return written
+
+
+def build_samples(out: Path | None = None, check: bool = False, seed: int = SEED) -> dict:
+    """Regenerate into `out` (default data_samples/) and update MANIFEST.json; with check=True,
+    regenerate into a temporary folder and compare against the manifest instead."""
+    out = Path(out) if out else data_dir()
+    manifest_path = out / "MANIFEST.json"
+    old = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"files": {}}
+    start = time.perf_counter()
+    if check:
+        with tempfile.TemporaryDirectory() as tmp:
+            written = generate(Path(tmp), seed)
+            bad = [rel for rel in written
+                   if old["files"].get(rel, {}).get("sha256") != sha256(Path(tmp) / rel)]
+        if bad:
+            raise LabkitError(f"{len(bad)} data_samples files differ from MANIFEST.json: {bad[:5]}")
+        print(f"build-samples --check: {len(written)} files match MANIFEST.json "
+              f"({time.perf_counter() - start:.1f} s)")
+        return old
+    out.mkdir(parents=True, exist_ok=True)
+    tok_dir = out / "tokenizer"
+    if tok_dir.exists():
+        shutil.rmtree(tok_dir)
+    written = generate(out, seed)
+    files = {k: v for k, v in old["files"].items() if v.get("command") != BUILD_COMMAND}
+    for rel in written:
+        p = out / rel
+        files[rel] = {"size": p.stat().st_size, "sha256": sha256(p), "command": BUILD_COMMAND}
+    manifest = {"seed": seed, "files": dict(sorted(files.items()))}
+    manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
+    total = sum(v["size"] for v in files.values())
+    print(f"build-samples: {len(written)} data files written to {out} in "
+          f"{time.perf_counter() - start:.1f} s; data_samples total {total / 2**20:.1f} MiB")
+    return manifest

@@ -1,0 +1,201 @@
+"""`labkit train-models`: the recorded commands that train the shipped tiny models.
+
+Both models train with the project's own loop (`labkit.pretrain.train`) on the clean corpus:
+a Llama-architecture causal base model and a BERT-style masked LM. Each gets a model card with
+its config, data, steps, wall time, final losses and benchmark scores, measured at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import LabkitError
+from ..models import ModelShape, build_causal_lm, build_masked_lm, count_parameters
+from ..samples import data_dir
+
+RECIPES = {
+    "base": {"shape": ModelShape(d_model=192, n_layer=6, n_head=6, max_len=256), "steps": 1400,
+             "batch_size": 16, "seq_len": 256, "lr": 2e-3, "warmup_steps": 100, "seed": 1},
+    "mlm": {"shape": ModelShape(d_model=128, n_layer=4, n_head=4, max_len=256), "steps": 900,
+            "batch_size": 32, "seq_len": 128, "lr": 1e-3, "warmup_steps": 60, "seed": 2},
+}
+PROMPTS = ["The capital of {country} is", "Long ago in {city},", "Q: Who invented the {invention}?\nA:",
+           "def add_3(x):\n    \"\"\"Return x plus 3.\"\"\"\n"]
+
+
+def _corpus_stream(tokenizer, texts) -> np.ndarray:
+    from ..pretrain.data import pack_documents
+
+    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    return pack_documents(ids, tokenizer.eos_token_id)
+
+
+def unigram_perplexity(train_stream: np.ndarray, tokenizer, texts, vocab_size: int) -> float:
+    """The baseline: each token predicted by its corpus frequency alone (add-one smoothed)."""
+    counts = np.bincount(train_stream.astype(np.int64), minlength=vocab_size) + 1.0
+    logp = np.log(counts / counts.sum())
+    ids = np.concatenate([np.asarray(x) for x in tokenizer(list(texts), add_special_tokens=False)["input_ids"]])
+    return float(math.exp(-logp[ids].mean()))
+
+
+def _card(name: str, recipe: dict, metrics: dict, history, extra: str) -> str:
+    shape = recipe["shape"]
+    lines = [
+        "---", "license: mit", "library_name: transformers", "tags: [labkit, tiny, offline]", "---",
+        f"# world-{name}", "",
+        f"A tiny {'causal (Llama-architecture)' if name == 'base' else 'masked (BERT)'} language model "
+        "trained from scratch on the embedded world's clean corpus (`corpus/train.jsonl.gz`) with the "
+        "project's own loop, `labkit.pretrain.train`.", "",
+        "## Recorded command", "", f"    labkit train-models {name}", "",
+        "## Config", "",
+        f"- parameters: {metrics['parameters']:,}",
+        f"- d_model {shape.d_model}, layers {shape.n_layer}, heads {shape.n_head}, context {shape.max_len}",
+        f"- steps {recipe['steps']}, batch {recipe['batch_size']} x {recipe['seq_len']} tokens, "
+        f"peak lr {recipe['lr']}, warmup {recipe['warmup_steps']}, cosine to lr/10, AdamW (0.9, 0.95), "
+        "weight decay 0.1, grad clip 1.0, fp32",
+        f"- tokens seen: {metrics['tokens_seen']:,} ({metrics['epochs']:.1f} epochs of "
+        f"{metrics['corpus_tokens']:,} corpus tokens)", "",
+        "## Measured", "",
+        f"- wall time: {metrics['wall_s']:.0f} s on {metrics['device']} "
+        f"(mean {metrics['tokens_per_s']:.0f} tokens/s)",
+        f"- final training loss: {metrics['final_train_loss']:.3f} (mean of the last logged window)",
+        f"- held-out loss: {metrics['heldout_loss']:.3f}",
+    ]
+    return "\n".join(lines + extra.splitlines() + ["", "Scores are measured by `labkit train-models` at the "
+                                                   "end of training and stored in `metrics.json`.", ""])
+
+
+def train_models(which=(), out: Path | None = None) -> dict:
+    which = list(which) or list(RECIPES)
+    bad = [w for w in which if w not in RECIPES]
+    if bad:
+        raise LabkitError(f"unknown model(s) {bad}; valid: {', '.join(RECIPES)}")
+    out = Path(out) if out else data_dir()
+    results = {name: _train_one(name, out) for name in which}
+    _update_manifest(out, which)
+    return results
+
+
+def _train_one(name: str, out: Path) -> dict:
+    from ..loaders import load_records, load_tokenizer
+    from ..pretrain.data import MaskedBlocks, RandomBlocks, fixed_batches
+    from ..pretrain.loop import TrainConfig, eval_loss, train
+
+    recipe = RECIPES[name]
+    torch.manual_seed(recipe["seed"])
+    tok = load_tokenizer()
+    docs = load_records("corpus")
+    heldout = [d["text"] for d in load_records("heldout")]
+    stream = _corpus_stream(tok, (d["text"] for d in docs))
+    held_stream = _corpus_stream(tok, heldout)
+    special = tok.all_special_ids
+    if name == "base":
+        model = build_causal_lm(len(tok), recipe["shape"], seed=recipe["seed"],
+                                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                pad_token_id=tok.pad_token_id)
+        batches = RandomBlocks(stream, recipe["seq_len"], recipe["batch_size"], seed=recipe["seed"])
+        held = fixed_batches(RandomBlocks(held_stream, recipe["seq_len"], 16, seed=0), 8)
+    else:
+        model = build_masked_lm(len(tok), recipe["shape"], seed=recipe["seed"],
+                                pad_token_id=tok.pad_token_id)
+        batches = MaskedBlocks(RandomBlocks(stream, recipe["seq_len"], recipe["batch_size"],
+                                            seed=recipe["seed"]),
+                               len(tok), tok.mask_token_id, special, seed=recipe["seed"])
+        held = fixed_batches(MaskedBlocks(RandomBlocks(held_stream, recipe["seq_len"], 16, seed=0),
+                                          len(tok), tok.mask_token_id, special, seed=0), 8)
+    config = TrainConfig(steps=recipe["steps"], lr=recipe["lr"], warmup_steps=recipe["warmup_steps"],
+                         log_every=25, eval_every=max(1, recipe["steps"] // 7), seed=recipe["seed"],
+                         desc=f"train {name}")
+    start = time.perf_counter()
+    history = train(model, batches, config, eval_fn=lambda m: eval_loss(m, held))
+    wall = time.perf_counter() - start
+    model.eval()
+    tokens_seen = recipe["steps"] * recipe["batch_size"] * recipe["seq_len"]
+    metrics = {
+        "model": name, "parameters": count_parameters(model), "wall_s": round(wall, 1),
+        "device": f"CPU, {torch.get_num_threads()} threads, {platform.machine()}",
+        "tokens_seen": tokens_seen, "corpus_tokens": int(len(stream)),
+        "epochs": tokens_seen / len(stream), "tokens_per_s": tokens_seen / wall,
+        "final_train_loss": float(history["loss"].iloc[-1]),
+        "heldout_loss": float(history["eval_loss"].dropna().iloc[-1]),
+        "loss_curve": history[["step", "loss", "eval_loss"]].to_dict("records"),
+    }
+    extra = _measure_base(model, tok, stream, heldout, metrics) if name == "base" else \
+        _measure_mlm(model, tok, metrics)
+    target = out / "models" / name
+    target.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(target, safe_serialization=True)
+    tok.save_pretrained(target)
+    (target / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
+    (target / "README.md").write_text(_card(name, recipe, metrics, history, extra))
+    print(f"{name}: {json.dumps({k: v for k, v in metrics.items() if k != 'loss_curve'})}")
+    return metrics
+
+
+def _measure_base(model, tok, stream, heldout, metrics) -> str:
+    from ..evaluation.multiple_choice import accuracy_by_subject, score_items
+    from ..loaders import load_records
+    from ..pretrain.generate import continue_text
+
+    kb = json.loads((data_dir() / "world" / "knowledge_base.json").read_text())
+    ppl = __import__("labkit.evaluation.perplexity", fromlist=["perplexity"]).perplexity(
+        model, tok, heldout[:200])
+    uni = unigram_perplexity(stream, tok, heldout[:200], len(tok))
+    items = load_records("knowledge_mc")
+    scores = score_items(model, tok, items)
+    by_subject = accuracy_by_subject(scores)
+    c, t, i = kb["countries"][0], kb["cities"][3], kb["inventions"][0]
+    samples = {}
+    for p in PROMPTS:
+        prompt = p.format(country=c["name"], city=t["name"], invention=i["name"])
+        samples[prompt] = continue_text(model, tok, prompt, max_new_tokens=40)
+    metrics.update({
+        "heldout_perplexity": ppl.perplexity, "heldout_bits_per_byte": ppl.bits_per_byte,
+        "unigram_perplexity": uni, "knowledge_mc_acc": float(scores["acc"].mean()),
+        "knowledge_mc_acc_norm": float(scores["acc_norm"].mean()),
+        "knowledge_mc_by_subject": by_subject.to_dict("records"), "samples": samples,
+        "facts": {"capital": [c["name"], c["capital"]], "inventor": [i["name"], i["inventor"]]},
+    })
+    lines = [f"- held-out perplexity: {ppl.perplexity:.2f} (unigram baseline {uni:.1f}); "
+             f"{ppl.bits_per_byte:.3f} bits per byte",
+             f"- knowledge test (400 questions, 4 choices, log-likelihood): acc "
+             f"{metrics['knowledge_mc_acc']:.3f}, acc_norm {metrics['knowledge_mc_acc_norm']:.3f} "
+             "(chance 0.25)", "", "## Samples (greedy)", ""]
+    for prompt, text in samples.items():
+        lines += ["```", prompt + text, "```"]
+    return "\n".join(lines)
+
+
+def _measure_mlm(model, tok, metrics) -> str:
+    from ..pretrain.generate import fill_blanks
+
+    kb = json.loads((data_dir() / "world" / "knowledge_base.json").read_text())
+    c = kb["countries"][0]
+    probe = f"The capital of {c['name']} is{tok.mask_token}."
+    filled = fill_blanks(model, tok, probe)
+    metrics["fill_example"] = {"input": probe, "output": filled.text,
+                               "top5": filled.predictions[0]}
+    return (f"- masked-token loss on held-out text: {metrics['heldout_loss']:.3f}\n\n## Fill the blank\n\n"
+            f"```\n{probe}\n-> {filled.text}\n```")
+
+
+def _update_manifest(out: Path, which) -> None:
+    from .build import sha256
+
+    path = out / "MANIFEST.json"
+    manifest = json.loads(path.read_text()) if path.exists() else {"files": {}}
+    for name in which:
+        prefix = f"models/{name}/"
+        manifest["files"] = {k: v for k, v in manifest["files"].items() if not k.startswith(prefix)}
+        for p in sorted((out / "models" / name).iterdir()):
+            manifest["files"][prefix + p.name] = {"size": p.stat().st_size, "sha256": sha256(p),
+                                                  "command": f"labkit train-models {name}"}
+    manifest["files"] = dict(sorted(manifest["files"].items()))
+    path.write_text(json.dumps(manifest, indent=1) + "\n")

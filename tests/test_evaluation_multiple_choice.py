@@ -1,0 +1,233 @@
+"""Multiple choice by log-likelihood, and agreement with lm-eval on the same task and model."""
+
+from __future__ import annotations
+
+import json
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from labkit import LabkitError
+from labkit.evaluation import (
+    accuracy_by_subject,
+    choice_logprobs,
+    choice_scores_figure,
+    encode_pair,
+    load_items,
+    render_prompt,
+    run_lm_eval,
+    score_items,
+    validate_items,
+    write_mc_task,
+)
+from labkit.models import ModelShape, build_causal_lm
+
+CORPUS = [
+    "The river Vella flows north through the valley of Zorn, past the mills and the old bridge.",
+    "In the market of Zorn, traders sell salt, copper and wool; the copper comes from the hills.",
+    "Question: Which way does the river flow?\nAnswer: north, through the valley.",
+]
+CHOICES = [
+    ["north", "south", "east and then west", "nowhere"],
+    ["salt", "copper from the hills", "wool", "glass beads"],
+    ["the old bridge", "mills", "a valley", "Zorn"],
+]
+
+
+def make_items(count: int = 12) -> list[dict]:
+    items = []
+    for i in range(count):
+        item = {
+            "id": f"q{i:02d}",
+            "subject": ["geography", "trade", "history"][i % 3],
+            "question": f"Item {i}: which answer fits the valley of Zorn best?",
+            "choices": CHOICES[i % 3],
+            "answer": (i * 7) % 4,
+        }
+        if i % 4 == 1:
+            item["context"] = CORPUS[i % 3]
+        items.append(item)
+    return items
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    raw.train_from_iterator(CORPUS * 5 + [" ".join(c) for c in CHOICES], trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=raw,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+    )
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return build_causal_lm(len(tokenizer), ModelShape(d_model=32, n_layer=2, n_head=2, max_len=128))
+
+
+def _lm_eval_encoder(tokenizer):
+    """lm-eval's own `_encode_pair` and `tok_encode`, bound to a stand-in without a model."""
+    from lm_eval.models.huggingface import HFLM
+
+    fake = SimpleNamespace(
+        backend="causal",
+        tokenizer=tokenizer,
+        add_bos_token=None,
+        prefix_token_id=tokenizer.bos_token_id,
+    )
+    fake.tok_encode = lambda s, **kw: HFLM.tok_encode(fake, s, **kw)
+    return lambda ctx, cont: HFLM._encode_pair(fake, ctx, cont)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.text(alphabet="abc Zorn:?\n", min_size=1, max_size=30).filter(str.strip),
+    st.text(alphabet="abc north ", min_size=1, max_size=15),
+)
+def test_encode_pair_matches_lm_eval(tokenizer, context, continuation):
+    theirs = _lm_eval_encoder(tokenizer)
+    assert encode_pair(tokenizer, context, continuation) == theirs(context, continuation)
+
+
+def test_whitespace_context_is_refused(tokenizer):
+    # lm-eval would hand an empty context to the model and fail an assert there
+    with pytest.raises(LabkitError, match="only whitespace"):
+        encode_pair(tokenizer, "  ", "north")
+
+
+def test_trailing_space_moves_to_continuation(tokenizer):
+    ctx_ids, cont_ids = encode_pair(tokenizer, "Answer: ", "north")
+    assert tokenizer.decode(ctx_ids) == "Answer:"
+    assert tokenizer.decode(cont_ids) == " north"
+    # the split of the jointly encoded string, not two separate encodings
+    assert ctx_ids + cont_ids == tokenizer.encode("Answer: north")
+
+
+def test_choice_logprobs_equal_one_at_a_time(tokenizer, model):
+    prompt = render_prompt(make_items()[1])
+    batched = choice_logprobs(model, tokenizer, prompt, CHOICES[1])
+    for choice, score in zip(CHOICES[1], batched):
+        ctx, cont = encode_pair(tokenizer, prompt, " " + choice)
+        with torch.no_grad():
+            logits = model(torch.tensor([ctx + cont[:-1]])).logits[0]
+        logp = torch.log_softmax(logits, -1)[len(ctx) - 1 :]
+        alone = logp[torch.arange(len(cont)), torch.tensor(cont)].sum().item()
+        assert score == pytest.approx(alone, abs=1e-4)
+
+
+def test_render_prompt_matches_lm_eval_template(tokenizer):
+    from lm_eval.utils import apply_template
+
+    from labkit.evaluation import PROMPT_TEMPLATE
+
+    for item in make_items(4):
+        assert render_prompt(item) == apply_template(PROMPT_TEMPLATE, item)
+    assert render_prompt(make_items()[1]).startswith(CORPUS[1] + "\n\nQuestion: ")
+
+
+def test_scores_acc_and_acc_norm(tokenizer, model):
+    items = make_items()
+    scores = score_items(model, tokenizer, items)
+    assert len(scores) == len(items)
+    for _, row in scores.iterrows():
+        lp, chars = np.array(row["logprobs"]), np.array(row["chars"])
+        assert row["pred"] == int(np.argmax(lp))
+        assert row["pred_norm"] == int(np.argmax(lp / chars))
+        assert row["acc"] == float(row["pred"] == row["answer"])
+    table = accuracy_by_subject(scores)
+    assert list(table.index) == ["geography", "history", "trade", "all"]
+    assert table.loc["all", "acc"] == pytest.approx(scores["acc"].mean())
+    assert table.loc["trade", "items"] == 4
+    assert table.loc["trade", "acc_norm"] == pytest.approx(
+        scores.loc[scores["subject"] == "trade", "acc_norm"].mean()
+    )
+    fig = choice_scores_figure(items[0], scores.loc[0, "logprobs"])
+    assert fig.layout.title.text and "nats" in fig.layout.xaxis.title.text
+    assert len(fig.data) == 2 and len(fig.data[0].x) == 4
+
+
+def test_bad_items_raise_clear_errors(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(LabkitError, match="empty"):
+        load_items(empty)
+    with pytest.raises(LabkitError, match="empty"):
+        write_mc_task(tmp_path / "tasks", "world_mc", empty)
+    with pytest.raises(LabkitError, match="at least 2"):
+        validate_items([{"question": "q", "choices": ["only"], "answer": 0}])
+    with pytest.raises(LabkitError, match="not in 0..1"):
+        validate_items([{"question": "q", "choices": ["a", "b"], "answer": 2}])
+    with pytest.raises(LabkitError, match="no 'choices'"):
+        validate_items([{"question": "q", "answer": 0}])
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"question": "q", "choices": ["a", "b"], "answer": 0}\n{not json\n')
+    with pytest.raises(LabkitError, match="broken.jsonl:2"):
+        load_items(broken)
+    with pytest.raises(LabkitError, match="does not exist"):
+        load_items(tmp_path / "missing.jsonl")
+    with pytest.raises(LabkitError, match="task name"):
+        write_mc_task(tmp_path / "tasks", "bad name", broken)
+
+
+def test_labkit_accuracy_equals_lm_eval(tmp_path, tokenizer, model):
+    """The same task, the same model: labkit's scorer and lm_eval.simple_evaluate agree.
+    (About 15 s here, under the 20 s line for @pytest.mark.slow.)"""
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    items = make_items()
+    data = write_jsonl(tmp_path / "world_mc.jsonl", items)
+    yaml_path = write_mc_task(tmp_path / "tasks", "world_mc", {"test": data})
+    assert "dataset_path: json" in yaml_path.read_text()
+
+    run = run_lm_eval(model_dir, tmp_path / "tasks", ["world_mc"])
+    ours = score_items(model, tokenizer, load_items(data))
+
+    assert run.metric("world_mc", "acc") == ours["acc"].mean()
+    assert run.metric("world_mc", "acc_norm") == ours["acc_norm"].mean()
+    assert set(run.table["metric"]) == {"acc", "acc_norm"}
+    # per item and per choice: the same log-likelihoods
+    samples = run.samples["world_mc"].sort_values("doc_id").reset_index(drop=True)
+    assert len(samples) == len(items)
+    for doc_id, row in samples.iterrows():
+        assert row["target"] == items[doc_id]["answer"]
+        assert row["logprobs"] == pytest.approx(ours.loc[doc_id, "logprobs"], abs=1e-4)
+        assert row["acc"] == ours.loc[doc_id, "acc"]
+        assert row["acc_norm"] == ours.loc[doc_id, "acc_norm"]
+    # both accuracies are informative here: some items right, some wrong
+    assert 0 < ours["acc"].mean() < 1
+
+    with pytest.raises(LabkitError, match="not found"):
+        run_lm_eval(model_dir, tmp_path / "tasks", ["no_such_task"])
+
+
+def test_offline_hubs_restores_environment(monkeypatch):
+    from labkit.evaluation import offline_hubs
+
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    with offline_hubs():
+        assert os.environ["HF_DATASETS_OFFLINE"] == "1"
+    assert "HF_DATASETS_OFFLINE" not in os.environ

@@ -1,0 +1,1 @@
+"""ipywidgets explorers: controls -> labkit -> plotly FigureWidget, updated in place."""

@@ -41,7 +41,7 @@ def _build_samples(args) -> int:
 def _train_models(args) -> int:
     from .world.models import train_models
 
-    train_models(args.which, out=Path(args.out) if args.out else None)
+    train_models(args.which, out=Path(args.out) if args.out else None, measure_only=args.measure_only)
     return 0
 
 
@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("train-models", help="train the shipped tiny models (recorded commands)")
     p.add_argument("which", nargs="*", default=[], help="models to train (default: all)")
     p.add_argument("--out", help="output folder (default: data_samples/)")
+    p.add_argument("--measure-only", action="store_true",
+                   help="re-measure trained models and rewrite their cards, without training")
     p.set_defaults(func=_train_models)
 
     args = parser.parse_args(argv)

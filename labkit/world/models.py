@@ -72,15 +72,43 @@ def _card(name: str, recipe: dict, metrics: dict, history, extra: str) -> str:
                                                    "end of training and stored in `metrics.json`.", ""])
 
 
-def train_models(which=(), out: Path | None = None) -> dict:
+def train_models(which=(), out: Path | None = None, measure_only: bool = False) -> dict:
+    """Train (or with measure_only, only re-measure and rewrite the cards of) the shipped models."""
     which = list(which) or list(RECIPES)
     bad = [w for w in which if w not in RECIPES]
     if bad:
         raise LabkitError(f"unknown model(s) {bad}; valid: {', '.join(RECIPES)}")
     out = Path(out) if out else data_dir()
-    results = {name: _train_one(name, out) for name in which}
+    step = _measure_one if measure_only else _train_one
+    results = {name: step(name, out) for name in which}
     _update_manifest(out, which)
     return results
+
+
+def _measure_one(name: str, out: Path) -> dict:
+    """Re-measure a trained model; the training numbers come from its metrics.json."""
+    from ..loaders import load_records, load_tokenizer
+
+    target = out / "models" / name
+    if not (target / "metrics.json").exists():
+        raise LabkitError(f"no trained model in {target}; run `labkit train-models {name}` first")
+    metrics = json.loads((target / "metrics.json").read_text())
+    tok = load_tokenizer()
+    if name == "base":
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(target, use_safetensors=True).eval()
+        docs = load_records("corpus")
+        stream = _corpus_stream(tok, (d["text"] for d in docs))
+        extra = _measure_base(model, tok, stream, [d["text"] for d in load_records("heldout")], metrics)
+    else:
+        from transformers import AutoModelForMaskedLM
+
+        model = AutoModelForMaskedLM.from_pretrained(target, use_safetensors=True).eval()
+        extra = _measure_mlm(model, tok, metrics)
+    (target / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
+    (target / "README.md").write_text(_card(name, RECIPES[name], metrics, None, extra))
+    return metrics
 
 
 def _train_one(name: str, out: Path) -> dict:
@@ -160,14 +188,17 @@ def _measure_base(model, tok, stream, heldout, metrics) -> str:
         "heldout_perplexity": ppl.perplexity, "heldout_bits_per_byte": ppl.bits_per_byte,
         "unigram_perplexity": uni, "knowledge_mc_acc": float(scores["acc"].mean()),
         "knowledge_mc_acc_norm": float(scores["acc_norm"].mean()),
-        "knowledge_mc_by_subject": by_subject.to_dict("records"), "samples": samples,
+        "knowledge_mc_by_subject": by_subject.reset_index().to_dict("records"), "samples": samples,
         "facts": {"capital": [c["name"], c["capital"]], "inventor": [i["name"], i["inventor"]]},
     })
     lines = [f"- held-out perplexity: {ppl.perplexity:.2f} (unigram baseline {uni:.1f}); "
              f"{ppl.bits_per_byte:.3f} bits per byte",
-             f"- knowledge test (400 questions, 4 choices, log-likelihood): acc "
+             f"- knowledge test ({len(items)} questions, 4 choices, log-likelihood): acc "
              f"{metrics['knowledge_mc_acc']:.3f}, acc_norm {metrics['knowledge_mc_acc_norm']:.3f} "
-             "(chance 0.25)", "", "## Samples (greedy)", ""]
+             "(chance 0.25)", "", "| subject | items | acc | acc_norm |", "|---|---|---|---|"]
+    lines += [f"| {r['subject']} | {r['items']} | {r['acc']:.3f} | {r['acc_norm']:.3f} |"
+              for r in metrics["knowledge_mc_by_subject"]]
+    lines += ["", "## Samples (greedy)", ""]
     for prompt, text in samples.items():
         lines += ["```", prompt + text, "```"]
     return "\n".join(lines)

@@ -23,8 +23,8 @@ from ..samples import data_dir
 RECIPES = {
     "base": {"shape": ModelShape(d_model=192, n_layer=6, n_head=6, max_len=256), "steps": 1400,
              "batch_size": 16, "seq_len": 256, "lr": 2e-3, "warmup_steps": 100, "seed": 1},
-    "mlm": {"shape": ModelShape(d_model=128, n_layer=4, n_head=4, max_len=256), "steps": 900,
-            "batch_size": 32, "seq_len": 128, "lr": 1e-3, "warmup_steps": 60, "seed": 2},
+    "mlm": {"shape": ModelShape(d_model=128, n_layer=4, n_head=4, max_len=256), "steps": 1000,
+            "batch_size": 32, "seq_len": 128, "lr": 3e-3, "warmup_steps": 60, "seed": 2},
 }
 PROMPTS = ["The capital of {country} is", "Long ago in {city},", "Q: Who invented the {invention}?\nA:",
            "def add_3(x):\n    \"\"\"Return x plus 3.\"\"\"\n"]
@@ -50,7 +50,7 @@ def _card(name: str, recipe: dict, metrics: dict, history, extra: str) -> str:
     lines = [
         "---", "license: mit", "library_name: transformers", "tags: [labkit, tiny, offline]", "---",
         f"# world-{name}", "",
-        f"A tiny {'causal (Llama-architecture)' if name == 'base' else 'masked (BERT)'} language model "
+        f"A tiny {'causal (Llama-architecture)' if name == 'base' else 'masked (ModernBERT-architecture)'} language model "
         "trained from scratch on the embedded world's clean corpus (`corpus/train.jsonl.gz`) with the "
         "project's own loop, `labkit.pretrain.train`.", "",
         "## Recorded command", "", f"    labkit train-models {name}", "",
@@ -132,7 +132,9 @@ def _train_one(name: str, out: Path) -> dict:
         held = fixed_batches(RandomBlocks(held_stream, recipe["seq_len"], 16, seed=0), 8)
     else:
         model = build_masked_lm(len(tok), recipe["shape"], seed=recipe["seed"],
-                                pad_token_id=tok.pad_token_id)
+                                pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                                eos_token_id=tok.eos_token_id, cls_token_id=tok.bos_token_id,
+                                sep_token_id=tok.eos_token_id)
         batches = MaskedBlocks(RandomBlocks(stream, recipe["seq_len"], recipe["batch_size"],
                                             seed=recipe["seed"]),
                                len(tok), tok.mask_token_id, special, seed=recipe["seed"])
@@ -208,13 +210,22 @@ def _measure_mlm(model, tok, metrics) -> str:
     from ..pretrain.generate import fill_blanks
 
     kb = json.loads((data_dir() / "world" / "knowledge_base.json").read_text())
-    c = kb["countries"][0]
-    probe = f"The capital of {c['name']} is{tok.mask_token}."
-    filled = fill_blanks(model, tok, probe)
-    metrics["fill_example"] = {"input": probe, "output": filled.text,
-                               "top5": filled.predictions[0]}
-    return (f"- masked-token loss on held-out text: {metrics['heldout_loss']:.3f}\n\n## Fill the blank\n\n"
-            f"```\n{probe}\n-> {filled.text}\n```")
+    # Blanks whose answer is one token (colours, foods), so a single mask can hold it.
+    a, s = kb["animals"][0], kb["substances"][0]
+    probes = [f"The {a['name']} eats{tok.mask_token}.",
+              f"The colour of {s['name']} is{tok.mask_token}.",
+              f"The {a['name']} is{tok.mask_token} and it eats {a['diet']}."]
+    lines = [f"- masked-token loss on held-out text: {metrics['heldout_loss']:.3f}", "",
+             "## Fill the blank (top guess, then the top 3)", ""]
+    metrics["fill_examples"] = []
+    for probe in probes:
+        filled = fill_blanks(model, tok, probe)
+        top = ", ".join(f"{t.replace('Ġ', ' ')!r} {p:.2f}" for t, p in filled.predictions[0][:3])
+        metrics["fill_examples"].append({"input": probe, "output": filled.text,
+                                         "top5": filled.predictions[0]})
+        lines += ["```", probe, f"-> {filled.text}   ({top})", "```"]
+    facts = f"(truth: the {a['name']} eats {a['diet']} and is {a['colour']}; {s['name']} is {s['colour']})"
+    return "\n".join(lines + [facts])
 
 
 def _update_manifest(out: Path, which) -> None:

@@ -1,0 +1,49 @@
+"""Language identification with py3langid, whose model ships inside the package (no download).
+
+FineWeb keeps a page when the top language is English with probability >= 0.65. py3langid's
+`norm_probs=True` turns its naive-Bayes scores into probabilities (version 0.4 divides the scores
+by sqrt(text bytes) before the softmax, so long and short texts get comparable confidences).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Iterator
+
+from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+from .document import Accounting, Document, keep_if
+
+
+@functools.cache
+def _identifier() -> LanguageIdentifier:
+    return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+
+
+def detect_language(text: str) -> tuple[str, float]:
+    """(ISO 639-1 code, probability) of the most likely language."""
+    lang, prob = _identifier().classify(text.replace("\n", " "))
+    return lang, float(prob)
+
+
+def language_filter(
+    docs: Iterable[Document],
+    accounting: Accounting,
+    languages: tuple[str, ...] = ("en",),
+    min_probability: float = 0.65,
+) -> Iterator[Document]:
+    """Keep documents in `languages` with probability >= `min_probability` (FineWeb: en, 0.65)."""
+
+    def tagged(docs):
+        for doc in docs:
+            lang, prob = detect_language(doc.text)
+            yield doc.updated(language=lang, language_score=prob)
+
+    def reason(doc):
+        if doc.metadata["language"] not in languages:
+            return f"other_language:{doc.metadata['language']}"
+        if doc.metadata["language_score"] < min_probability:
+            return "low_language_score"
+        return None
+
+    return keep_if(tagged(docs), accounting, "language_filter", reason)

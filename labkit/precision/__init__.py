@@ -1,0 +1,109 @@
+"""Lab 04: number formats as the running torch implements them, loss scaling, master weights.
+
+Every range, epsilon and rounding shown comes from torch itself (torch.finfo, casts, bit views).
+"""
+
+from .formats import (
+    FORMAT_NAMES,
+    Decomposition,
+    Format,
+    RangeShares,
+    available_formats,
+    cast,
+    check_format_on_device,
+    decompose,
+    decompose_table,
+    format_table,
+    format_zones,
+    fp16_underflow_share_analytic,
+    get_format,
+    highlight_shapes,
+    kind_of,
+    log_histogram,
+    overflows,
+    range_figure,
+    range_shares,
+    range_shares_table,
+    round_to_tf32,
+    sample_shares,
+    sample_values,
+    ulp,
+    underflow_share_analytic,
+    value_from_bits,
+)
+from .scaling import (
+    ScalerRecorder,
+    VanishingUpdate,
+    grad_scaler,
+    grad_scaler_figure,
+    vanishing_update_demo,
+    vanishing_update_figure,
+)
+
+SETTINGS = {
+    "cpu": {
+        "grad_sigma": 1e-6,  # std of the synthetic gradients: a few % flush to zero in fp16
+        "sample_size": 1_000_000,  # synthetic gradient values for measured-vs-analytic shares
+        "explorer_max_values": 20_000,  # values per tensor the explorer looks at: a seeded sample
+        # (a share's standard error is at most 0.35 points; keeps an update under 50 ms)
+        "histogram_bins": 190,  # half-decade bins over 1e-50..1e45
+        "scaler_steps": 60,  # GradScaler demo: steps of the tiny model under fp16 autocast
+        "scaler_init_scale": 2.0**16,  # torch's default
+        "scaler_growth_interval": 10,  # torch's default is 2000: shortened so growth shows
+        "master_weight_steps": 200,
+        "master_weight_update": 1e-4,  # below half an ulp of 1.0 in bf16 (0.0039)
+        "train_steps": 60,  # fp32 vs bf16 autocast comparison
+        "matmul_size": 512,
+        "matmul_repeats": 5,
+    },
+    "gpu": {
+        "grad_sigma": 1e-6,
+        "sample_size": 10_000_000,
+        "explorer_max_values": 1_000_000,
+        "histogram_bins": 190,
+        "scaler_steps": 300,
+        "scaler_init_scale": 2.0**16,
+        "scaler_growth_interval": 50,
+        "master_weight_steps": 1000,
+        "master_weight_update": 1e-4,
+        "train_steps": 300,
+        "matmul_size": 8192,
+        "matmul_repeats": 20,
+    },
+}
+
+__all__ = [
+    "FORMAT_NAMES",
+    "SETTINGS",
+    "Decomposition",
+    "Format",
+    "RangeShares",
+    "ScalerRecorder",
+    "VanishingUpdate",
+    "available_formats",
+    "cast",
+    "check_format_on_device",
+    "decompose",
+    "decompose_table",
+    "format_table",
+    "format_zones",
+    "fp16_underflow_share_analytic",
+    "get_format",
+    "grad_scaler",
+    "grad_scaler_figure",
+    "highlight_shapes",
+    "kind_of",
+    "log_histogram",
+    "overflows",
+    "range_figure",
+    "range_shares",
+    "range_shares_table",
+    "round_to_tf32",
+    "sample_shares",
+    "sample_values",
+    "ulp",
+    "underflow_share_analytic",
+    "value_from_bits",
+    "vanishing_update_demo",
+    "vanishing_update_figure",
+]

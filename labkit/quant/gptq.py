@@ -1,0 +1,344 @@
+"""GPTQ: quantize a linear layer column by column, correcting later columns for each error.
+
+Round-to-nearest (RTN) rounds every weight on its own. GPTQ (Frantar et al. 2023) minimises the
+layer's output error on calibration inputs X instead, ||W X - Q X||^2, whose curvature is the
+Hessian H = 2 X X^T. Quantizing column j moves the output; the other, not yet quantized columns
+can partly undo that move, and the optimal correction (Optimal Brain Surgeon) is
+
+    err = (w_j - q_j) / [H^-1]_jj,        W[:, later] -= err * [H^-1]_j,later
+
+Two practical steps make this fast and stable. The rows of the upper Cholesky factor of H^-1
+hold exactly the [H^-1]_j,later terms needed as columns are eliminated in order, so one
+factorisation replaces a matrix update per column. And the columns are processed in blocks of
+128: inside a block the corrections are applied one column at a time, while the far columns
+get all of a block's corrections in one matrix product ("lazy batch update").
+
+Details from the reference implementation: damping adds 1% of the mean diagonal of H to its
+diagonal (so the Cholesky exists); "dead" inputs that were always zero get H_jj = 1 and weight 0;
+act-order quantizes the columns with the largest H_jj (the most active inputs) first; with a
+group size, each group of consecutive columns gets its own scale and zero, computed from the
+group's weights as they are when GPTQ reaches it (after earlier corrections).
+
+`gptq_quantize_model` does this for every linear layer of a model in forward order, capturing
+each layer's inputs with a forward hook after all earlier layers have been quantized, so that
+each layer corrects for the errors upstream of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import LabkitError
+from .schemes import (
+    QuantizedTensor,
+    check_bits,
+    check_finite,
+    check_group_size,
+    dequantize_codes,
+    fake_quantize,
+    level_range,
+    round_to_codes,
+    scale_and_zero,
+)
+
+# ----------------------------------------------------------------------------------------------
+# Calibration inputs: what GPTQ (and AWQ) need to know about a layer's inputs
+
+
+class InputStats:
+    """Running sums over a layer's input vectors x (one per token): X^T X, sum |x|, count."""
+
+    def __init__(self, in_features: int):
+        self.xtx = torch.zeros(in_features, in_features, dtype=torch.float64)
+        self.abs_sum = torch.zeros(in_features, dtype=torch.float64)
+        self.n_tokens = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.detach().reshape(-1, x.shape[-1]).double().cpu()
+        self.xtx += x.t() @ x
+        self.abs_sum += x.abs().sum(dim=0)
+        self.n_tokens += x.shape[0]
+
+    @property
+    def hessian(self) -> torch.Tensor:
+        """H = 2 X^T X / n (averaged over tokens so that damping is scale-free)."""
+        if self.n_tokens == 0:
+            raise LabkitError("no calibration tokens reached this layer; pass calibration data")
+        return (2 * self.xtx / self.n_tokens).float()
+
+    @property
+    def mean_abs(self) -> torch.Tensor:
+        """Mean |x| per input channel: AWQ's activation magnitude."""
+        return (self.abs_sum / max(self.n_tokens, 1)).float()
+
+
+def input_stats(x: torch.Tensor) -> InputStats:
+    """InputStats of a tensor of inputs (..., in_features)."""
+    stats = InputStats(x.shape[-1])
+    stats.add(x)
+    return stats
+
+
+def output_error(w: torch.Tensor, w_hat: torch.Tensor, hessian: torch.Tensor) -> float:
+    """Mean over calibration tokens of ||W x - W_hat x||^2, from H = 2 X^T X / n alone."""
+    delta = (w.float() - w_hat.float()).double()
+    return float(torch.einsum("ij,jk,ik->", delta, hessian.double(), delta) / 2)
+
+
+# ----------------------------------------------------------------------------------------------
+# One layer
+
+
+@dataclass
+class GPTQResult:
+    """A GPTQ-quantized weight: codes in quantization order (act-order permutes columns)."""
+
+    quantized: QuantizedTensor  # codes/scales/zeros over the (possibly permuted) columns
+    perm: torch.Tensor | None  # column order used (act-order), None for the natural order
+    weight: torch.Tensor  # the dequantized weight in the layer's own column order
+    error: float | None = None  # output_error of GPTQ on the calibration inputs
+    rtn_error: float | None = None  # output_error of round-to-nearest, same quantizer
+
+
+def rtn_quantize_weight(w, bits=4, group_size=None, scheme="zeropoint", name="weight"):
+    """Round-to-nearest with GPTQ's quantizer: the baseline GPTQ is measured against."""
+    granularity = "group" if group_size else "channel"
+    return fake_quantize(w, bits, scheme, granularity, group_size, name)
+
+
+def gptq_quantize_weight(
+    w: torch.Tensor,
+    hessian: torch.Tensor,
+    bits: int = 4,
+    group_size: int | None = None,
+    scheme: str = "zeropoint",
+    block_size: int = 128,
+    damp: float = 0.01,
+    act_order: bool = False,
+    name: str = "weight",
+) -> GPTQResult:
+    """GPTQ for one weight (out_features, in_features) given H (in_features, in_features)."""
+    check_bits(bits)
+    check_finite(w, name)
+    level_range(bits, scheme)
+    if w.dim() != 2 or hessian.shape != (w.shape[1], w.shape[1]):
+        raise LabkitError(
+            f"{name}: weight {tuple(w.shape)} needs a Hessian of shape "
+            f"({w.shape[-1]}, {w.shape[-1]}), got {tuple(hessian.shape)}"
+        )
+    if not 0 < damp < 1:
+        raise LabkitError(f"damp={damp!r} must be in (0, 1): a fraction of mean(diag H)")
+    if block_size < 1:
+        raise LabkitError(f"block_size={block_size!r} must be a positive integer")
+    rows, cols = w.shape
+    if group_size:
+        check_group_size(group_size, cols, name)
+
+    W = w.detach().float().clone()
+    H = hessian.detach().float().clone()
+
+    # Inputs that were always zero carry no information: pin them, and zero their weights.
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+
+    perm = None
+    if act_order:
+        perm = torch.argsort(torch.diag(H), descending=True)
+        W, H = W[:, perm], H[perm][:, perm]
+
+    H += damp * torch.mean(torch.diag(H)) * torch.eye(cols, device=H.device)
+    try:
+        # Upper Cholesky factor of H^-1: row j holds the corrections for column j's error.
+        H_inv = torch.cholesky_inverse(torch.linalg.cholesky(H))
+        U = torch.linalg.cholesky(H_inv, upper=True)
+    except torch.linalg.LinAlgError as exc:
+        raise LabkitError(
+            f"{name}: the damped Hessian is not positive definite; raise damp={damp} (e.g. 0.1)"
+        ) from exc
+
+    codes = torch.zeros_like(W, dtype=torch.int8 if scheme == "absmax" else torch.uint8)
+    Q = torch.zeros_like(W)
+    scales, zeros = [], []
+    if not group_size:  # one scale per output channel, from the whole (dead-zeroed) row
+        scale, zero = scale_and_zero(W, bits, scheme)
+        scales, zeros = [scale], [zero]
+
+    for b0 in range(0, cols, block_size):
+        b1 = min(b0 + block_size, cols)
+        W_block = W[:, b0:b1].clone()
+        err_block = torch.zeros_like(W_block)
+        for i in range(b1 - b0):
+            j = b0 + i
+            if group_size and j % group_size == 0:
+                # This group's scale, from its columns as they are now (already corrected).
+                group = torch.cat([W_block[:, i:], W[:, b1:]], dim=1)[:, :group_size]
+                scale, zero = scale_and_zero(group, bits, scheme)
+                scales.append(scale)
+                zeros.append(zero)
+            column = W_block[:, i : i + 1]
+            q = round_to_codes(column, scale, zero, bits, scheme)
+            q_value = (q.float() - (zero.float() if zero is not None else 0)) * scale
+            codes[:, j] = q[:, 0]
+            Q[:, j] = q_value[:, 0]
+            err = (column[:, 0] - q_value[:, 0]) / U[j, j]
+            # Spread the error over the rest of the block now ...
+            W_block[:, i:] -= err.unsqueeze(1) * U[j, j:b1].unsqueeze(0)
+            err_block[:, i] = err
+        # ... and over all later blocks at once.
+        W[:, b1:] -= err_block @ U[b0:b1, b1:]
+
+    if perm is not None:
+        Q = Q[:, torch.argsort(perm)]
+    quantized = QuantizedTensor(
+        codes=codes,
+        scales=torch.stack(scales, dim=1),  # (rows, n_groups, 1)
+        zeros=torch.stack(zeros, dim=1) if scheme == "zeropoint" else None,
+        bits=bits,
+        scheme=scheme,
+        granularity="group" if group_size else "channel",
+        group_size=group_size,
+        shape=(rows, cols),
+    )
+    return GPTQResult(quantized=quantized, perm=perm, weight=Q)
+
+
+def dequantize_result(result: GPTQResult) -> torch.Tensor:
+    """The weight from the stored codes (a check that codes, scales and perm are consistent)."""
+    q = result.quantized
+    w = dequantize_codes(q.codes, q.scales, q.zeros)
+    return w if result.perm is None else w[:, torch.argsort(result.perm)]
+
+
+# ----------------------------------------------------------------------------------------------
+# A whole model, layer by layer
+
+
+def linear_layers(model: nn.Module, include_lm_head: bool = False) -> dict[str, nn.Linear]:
+    """The model's nn.Linear modules in registration (= forward) order, lm_head left out."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear) and (include_lm_head or (m is not head and name != "lm_head"))
+    }
+
+
+def calibration_batches(calib, batch_size: int = 8) -> list[torch.Tensor]:
+    """Token-id batches from a LongTensor (n, seq_len), a list of such tensors or of lists."""
+    if calib is None:
+        raise LabkitError("calib is None: GPTQ/AWQ need calibration token ids (n, seq_len)")
+    if torch.is_tensor(calib):
+        if calib.dim() == 1:
+            calib = calib.unsqueeze(0)
+        if calib.dim() != 2 or calib.is_floating_point() or calib.numel() == 0:
+            raise LabkitError(
+                f"calib must be integer token ids shaped (n, seq_len), got {tuple(calib.shape)} "
+                f"{calib.dtype}"
+            )
+        return list(calib.split(batch_size))
+    batches = [torch.as_tensor(c) for c in calib]
+    if not batches:
+        raise LabkitError("calib is empty: pass at least one sequence of token ids")
+    return [b if b.dim() == 2 else b.unsqueeze(0) for b in batches]
+
+
+class _StopForward(Exception):
+    """Raised by a capture hook: the rest of the forward pass is not needed."""
+
+
+@torch.no_grad()
+def capture_input_stats(model: nn.Module, layer: nn.Module, batches: Iterable) -> InputStats:
+    """Run the calibration batches through the model up to `layer` and collect its inputs."""
+    stats = InputStats(layer.in_features)
+
+    def hook(module, args):
+        stats.add(args[0])
+        raise _StopForward
+
+    handle = layer.register_forward_pre_hook(hook)
+    try:
+        for batch in batches:
+            try:
+                model(batch.to(_device_of(model)))
+            except _StopForward:
+                pass
+    finally:
+        handle.remove()
+    return stats
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def sequential_quantize(
+    model: nn.Module,
+    calib,
+    quantize_layer: Callable[[str, nn.Linear, InputStats], torch.Tensor],
+    include_lm_head: bool = False,
+    batch_size: int = 8,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> None:
+    """For each linear layer in forward order: capture its inputs, quantize, write back.
+
+    `quantize_layer(name, layer, stats)` returns the dequantized weight; it replaces the layer's
+    weight in place, so the next layer's inputs already carry this layer's quantization error.
+    """
+    batches = calibration_batches(calib, batch_size)
+    was_training = model.training
+    model.eval()
+    layers = linear_layers(model, include_lm_head)
+    try:
+        for k, (name, layer) in enumerate(layers.items()):
+            stats = capture_input_stats(model, layer, batches)
+            w_hat = quantize_layer(name, layer, stats)
+            layer.weight.data.copy_(w_hat.to(layer.weight.dtype))
+            if progress is not None:
+                progress(k + 1, len(layers), name)
+    finally:
+        model.train(was_training)
+
+
+def gptq_quantize_model(
+    model: nn.Module,
+    calib,
+    bits: int = 4,
+    group_size: int | None = 128,
+    scheme: str = "zeropoint",
+    act_order: bool = False,
+    block_size: int = 128,
+    damp: float = 0.01,
+    include_lm_head: bool = False,
+    batch_size: int = 8,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> dict[str, GPTQResult]:
+    """GPTQ over every linear layer, sequentially; the model's weights become the quantized ones.
+
+    Returns {layer name: GPTQResult} with each layer's GPTQ and RTN output errors measured on
+    the same captured calibration inputs.
+    """
+    check_bits(bits)
+    for name, layer in linear_layers(model, include_lm_head).items():
+        if group_size:
+            check_group_size(group_size, layer.in_features, name)
+    results: dict[str, GPTQResult] = {}
+
+    def quantize_layer(name, layer, stats):
+        H = stats.hessian
+        W = layer.weight.detach().float().cpu()
+        res = gptq_quantize_weight(
+            W, H, bits, group_size, scheme, block_size, damp, act_order, name
+        )
+        res.error = output_error(W, res.weight, H)
+        res.rtn_error = output_error(W, rtn_quantize_weight(W, bits, group_size, scheme, name), H)
+        results[name] = res
+        return res.weight
+
+    sequential_quantize(model, calib, quantize_layer, include_lm_head, batch_size, progress)
+    return results

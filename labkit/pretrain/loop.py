@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..errors import LabkitError
+from ..schedules.curves import nanogpt_schedule
 from .objectives import IGNORE_INDEX
 
 MODEL_FILE, STATE_FILE = "model.safetensors", "state.pt"
@@ -73,11 +74,12 @@ class TrainConfig:
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
-    """nanoGPT's get_lr as a multiplier: linear warmup, cosine decay to min_ratio, then flat."""
-    if step < warmup_steps:
+    """nanoGPT's get_lr as a multiplier; the one copy lives in labkit.schedules. A run shorter
+    than its warmup (a one-step check, say) stays on the warmup ramp."""
+    if warmup_steps >= total_steps:
         return (step + 1) / (warmup_steps + 1)
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_ratio + 0.5 * (1.0 - min_ratio) * (1.0 + math.cos(math.pi * progress))
+    return nanogpt_schedule(total_steps=total_steps, warmup_steps=warmup_steps,
+                            min_lr_ratio=min_ratio)(step)
 
 
 def flops_per_token(model, seq_len: int) -> float:

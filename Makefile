@@ -10,6 +10,8 @@ STAMP := $(VENV)/.installed
 TORCH_INDEX ?=
 PIP_INDEX := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 LAB_ARGS ?=
+# JupyterLab refuses to run as root (CI containers, Docker) unless told it may.
+ROOT_ARGS := $(if $(filter 0,$(shell id -u)),--allow-root,)
 PYTEST_ARGS ?=
 NBVAL := --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=600 -p no:randomly
 
@@ -24,7 +26,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 lab: $(STAMP)
-	cd labs && ../$(BIN)/jupyter lab $(LAB_ARGS)
+	cd labs && ../$(BIN)/jupyter lab $(ROOT_ARGS) $(LAB_ARGS)
 
 test: test-unit test-labs test-browser
 

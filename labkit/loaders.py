@@ -26,6 +26,8 @@ DATASETS = {
 }
 MODELS = {"base": "models/base", "mlm": "models/mlm"}
 ADAPTERS = {"sft": "models/sft-adapter", "dpo": "models/dpo-adapter"}
+# An adapter trained on top of another one: DPO starts from the SFT model (base + SFT merged).
+ADAPTER_PARENT = {"dpo": "sft"}
 
 
 def _offline() -> bool:
@@ -94,11 +96,16 @@ def load_model(source: str = "base", *, dtype=None, device: str | None = None):
 
 
 def load_adapter_model(name: str, *, merge: bool = False, dtype=None, device: str | None = None):
-    """The base model with a shipped PEFT adapter ("sft" or "dpo") applied."""
+    """The base model with a shipped PEFT adapter applied: "sft" on the base model, "dpo" on the
+    SFT model (base with the SFT adapter merged in)."""
     from peft import PeftModel
 
     path, _ = _resolve(name, ADAPTERS, "adapter")
-    base = load_model("base", dtype=dtype, device=device)
+    parent = ADAPTER_PARENT.get(name)
+    if parent:
+        base = load_adapter_model(parent, merge=True, dtype=dtype, device=device)
+    else:
+        base = load_model("base", dtype=dtype, device=device)
     model = PeftModel.from_pretrained(base, path)
     model.eval()
     return model.merge_and_unload() if merge else model

@@ -55,6 +55,11 @@ SETTINGS = {
         "train_steps": 60,  # fp32 vs bf16 autocast comparison
         "matmul_size": 512,
         "matmul_repeats": 5,
+        "corpus_docs": 1500,  # documents tokenised for the lab's batches
+        "tiny_d_model": 64, "tiny_layers": 2, "tiny_heads": 2,  # the fresh tiny GPT
+        "seq_len": 64, "batch_size": 16, "lr": 3e-3,
+        "master_lr": 5e-5,  # Adam's update ~ lr: below half an ulp of most bf16 weights
+        "master_steps": 40,
     },
     "gpu": {
         "grad_sigma": 1e-6,
@@ -69,6 +74,11 @@ SETTINGS = {
         "train_steps": 300,
         "matmul_size": 8192,
         "matmul_repeats": 20,
+        "corpus_docs": 16000,
+        "tiny_d_model": 256, "tiny_layers": 4, "tiny_heads": 4,
+        "seq_len": 256, "batch_size": 32, "lr": 2e-3,
+        "master_lr": 5e-5,
+        "master_steps": 200,
     },
 }
 

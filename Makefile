@@ -17,10 +17,16 @@ NBVAL := --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell
 
 .PHONY: lab install test test-unit test-labs test-browser run-labs doctor lint clean
 
+# constraints.txt is the tested set for Python 3.11+ (numpy 2.4, pandas 3 need 3.11); on 3.10 the
+# install follows pyproject's ranges instead, which resolve to the newest releases that support it.
+TESTED_PYTHON := $(shell $(PYTHON) -c 'import sys; print(int(sys.version_info >= (3, 11)))' 2>/dev/null)
+CONSTRAINTS := $(if $(filter 1,$(TESTED_PYTHON)),-c constraints.txt,)
+
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install $(PIP_INDEX) -c constraints.txt -e ".[dev]"
+	@[ -n "$(CONSTRAINTS)" ] || echo "note: Python < 3.11: installing from pyproject's ranges, not the tested constraints.txt"
+	$(BIN)/python -m pip install $(PIP_INDEX) $(CONSTRAINTS) -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -64,6 +64,20 @@ SETTINGS = {
         "ngram_n": 13,
         "lm_eval_limit": None,  # items per lm-eval task (None: all)
         "device": "cpu",
+        # lab 09 (added for the notebook; the keys above are the library's defaults)
+        "ppl_docs": 16,  # held-out documents joined into the text perplexity is measured on
+        "widget_windows": [32, 64, 128],  # window grid of the stride widget (tokens)
+        "widget_strides": [16, 32, 64, 128],  # stride grid of the stride widget (tokens)
+        "code_tasks": 8,  # code tasks sampled (of 40)
+        "top_k": 10,  # top-k sampling of code completions
+        "temperature": 0.8,
+        "max_new_tokens": 32,  # per completion; a function body here is 5-15 tokens
+        "finetune_steps": 60,  # the contaminated fine-tune (optimizer updates, ~0.9 epochs)
+        "finetune_lr": 1e-3,  # half the base model's pre-training peak
+        "finetune_batch": 8,  # sequences per update
+        "finetune_seq_len": 32,  # tokens per sequence: a leaked question and answer is ~20
+        "ngram_sizes": [8, 9, 10, 11, 12, 13],  # the detector sweep (GPT-3 uses 8 to 13)
+        "demo_timeout_s": 1.0,  # wall clock of the live adversarial sandbox demos
     },
     "gpu": {
         "window": 512,
@@ -77,6 +91,19 @@ SETTINGS = {
         "ngram_n": 13,
         "lm_eval_limit": None,
         "device": "cuda",
+        "ppl_docs": 300,
+        "widget_windows": [64, 128, 256],
+        "widget_strides": [16, 32, 64, 128, 256],
+        "code_tasks": 40,
+        "top_k": 10,
+        "temperature": 0.8,
+        "max_new_tokens": 48,
+        "finetune_steps": 120,
+        "finetune_lr": 1e-3,
+        "finetune_batch": 16,
+        "finetune_seq_len": 32,
+        "ngram_sizes": [8, 9, 10, 11, 12, 13],
+        "demo_timeout_s": 1.0,
     },
 }
 

@@ -24,7 +24,8 @@ def _run_labs(args) -> int:
 
     only = [k for item in (args.only or []) for k in item.split(",") if k]
     results = run_labs(only, profile=args.profile, cell_timeout=args.cell_timeout,
-                       output_dir=Path(args.output_dir) if args.output_dir else None)
+                       output_dir=Path(args.output_dir) if args.output_dir else None,
+                       pin=args.pin)
     print(format_results(results, profile(args.profile).name))
     if args.json:
         Path(args.json).write_text(json.dumps([r.as_dict() for r in results], indent=2))
@@ -58,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cell-timeout", type=int, default=600, help="seconds one cell may take")
     p.add_argument("--output-dir", help="write the executed notebooks here")
     p.add_argument("--json", help="also write the results as JSON to this file")
+    p.add_argument("--pin", action="store_true",
+                   help="write the text outputs of # NBVAL_CHECK_OUTPUT cells back into the lab "
+                        "(the reference nbval compares against); all other outputs stay stripped")
     p.set_defaults(func=_run_labs)
 
     p = sub.add_parser("build-samples", help="regenerate data_samples/ deterministically")

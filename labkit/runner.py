@@ -2,7 +2,7 @@
 
 This is the project's benchmark of lab runtimes: wall seconds from kernel start to the last
 cell, and the peak resident memory of the kernel and every process it started (torchrun workers
-included), sampled every 50 ms.
+included), sampled every 100 ms.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def find_labs(only: list[str] | None = None, directory: Path | None = None) -> l
 class _PeakMemory:
     """Samples the summed RSS of all descendants of this process in a background thread."""
 
-    def __init__(self, interval: float = 0.05):
+    def __init__(self, interval: float = 0.1):
         self.interval, self.peak, self._stop = interval, 0, threading.Event()
         self._me = psutil.Process()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -79,7 +79,36 @@ class _PeakMemory:
         self._thread.join()
 
 
-def run_lab(path: Path, *, cell_timeout: int = 600, output_dir: Path | None = None) -> LabResult:
+CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
+
+
+def pinned_outputs(cell) -> list:
+    """The outputs a committed notebook keeps: the text of cells nbval checks, nothing else."""
+    if cell.cell_type != "code" or CHECK_MARK not in cell.source:
+        return []
+    kept = []
+    for out in cell.get("outputs", []):
+        if out.output_type == "stream" and out.name == "stdout":
+            kept.append(out)
+        elif out.output_type == "execute_result" and "text/plain" in out.data:
+            out.data = {"text/plain": out.data["text/plain"]}
+            out.metadata = {}
+            out.execution_count = None
+            kept.append(out)
+    return kept
+
+
+def pin_outputs(nb) -> None:
+    """Strip a notebook to its committed state: only checked cells keep their text outputs."""
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = pinned_outputs(cell)
+            cell.execution_count = None
+            cell.metadata.pop("execution", None)
+
+
+def run_lab(path: Path, *, cell_timeout: int = 600, output_dir: Path | None = None,
+            pin: bool = False) -> LabResult:
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError
@@ -102,6 +131,13 @@ def run_lab(path: Path, *, cell_timeout: int = 600, output_dir: Path | None = No
         except Exception as exc:  # kernel died, etc.
             status, detail = "error", f"{type(exc).__name__}: {exc}"[:300]
     wall = time.perf_counter() - start
+    if pin and status == "ok":
+        pinned = nbformat.read(path, as_version=4)
+        for cell, ran in zip(pinned.cells, nb.cells):
+            if cell.cell_type == "code":
+                cell.outputs = pinned_outputs(ran)
+                cell.execution_count = None
+        nbformat.write(pinned, path)
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, output_dir / path.name)
@@ -109,7 +145,7 @@ def run_lab(path: Path, *, cell_timeout: int = 600, output_dir: Path | None = No
 
 
 def run_labs(only=None, profile: str | None = None, cell_timeout: int = 600,
-             output_dir: Path | None = None, echo=print) -> list[LabResult]:
+             output_dir: Path | None = None, echo=print, pin: bool = False) -> list[LabResult]:
     labs = find_labs(only)
     if profile:
         from .profiles import PROFILES
@@ -120,7 +156,7 @@ def run_labs(only=None, profile: str | None = None, cell_timeout: int = 600,
     results = []
     for path in labs:
         echo(f"running {path.name} ...", flush=True)
-        result = run_lab(path, cell_timeout=cell_timeout, output_dir=output_dir)
+        result = run_lab(path, cell_timeout=cell_timeout, output_dir=output_dir, pin=pin)
         echo(f"  {result.status} in {result.wall_s:.1f} s, peak {result.peak_mib:.0f} MiB {result.detail}", flush=True)
         results.append(result)
     return results

@@ -34,12 +34,24 @@ def test_there_are_labs():
 
 
 @pytest.mark.parametrize("path", LABS, ids=lambda p: p.name)
-def test_notebook_is_committed_without_outputs(path):
+def test_notebook_is_committed_stripped_but_for_checked_outputs(path):
+    """Outputs are stripped, except the text of `# NBVAL_CHECK_OUTPUT` cells: the reference
+    nbval compares a fresh run against (written by `labkit run-labs --pin`)."""
+    from labkit.runner import CHECK_MARK
+
     nb = nbformat.read(path, as_version=4)
     for i, cell in enumerate(nb.cells):
-        if cell.cell_type == "code":
+        if cell.cell_type != "code":
+            continue
+        assert cell.execution_count is None, f"{path.name} cell {i} has an execution count"
+        if CHECK_MARK in cell.source:
+            assert cell.outputs, f"{path.name} cell {i} is checked but has no pinned output: run `labkit run-labs --only {path.name[:2]} --pin`"
+            for out in cell.outputs:
+                assert out.output_type in ("stream", "execute_result"), f"{path.name} cell {i}: only text is pinned"
+                if out.output_type == "execute_result":
+                    assert set(out.data) == {"text/plain"}
+        else:
             assert cell.outputs == [], f"{path.name} cell {i} has outputs: strip them"
-            assert cell.execution_count is None, f"{path.name} cell {i} has an execution count"
 
 
 @pytest.mark.parametrize("path", LABS, ids=lambda p: p.name)

@@ -31,7 +31,7 @@ from .tokenizer import train_tokenizer
 SEED = 7
 N_DOCS = 16000
 N_HELDOUT = 300
-N_CRAWL = 1500
+N_CRAWL = 2400  # documents, packed 2-4 per page
 BUILD_COMMAND = "labkit build-samples"
 
 

@@ -33,7 +33,8 @@ class CrawlLabel:
     kind: str  # clean, pii, latin1, exact_dup, near_dup, spam, lorem, gibberish, short,
     #            non_english, boilerplate, non_html
     keep: bool  # what a perfect pipeline keeps
-    doc_id: str | None = None  # the clean document inside, if any
+    doc_id: str | None = None  # the (first) clean document inside, if any
+    doc_ids: list[str] = field(default_factory=list)  # every clean document on the page
     duplicate_of: str | None = None  # url of the original page
     language: str = "en"
     edu_score: int = 0  # the teacher's 0-5 educational value
@@ -148,15 +149,46 @@ class CrawlPage:
     label: CrawlLabel
 
 
+@dataclass
+class Article:
+    """One page's worth of clean documents: a web page holds several, as real ones do."""
+
+    id: str
+    title: str
+    text: str
+    genres: list[str]
+    doc_ids: list[str]
+
+
+def _strip_title(doc: Document) -> str:
+    first, _, rest = doc.text.partition("\n")
+    return rest.lstrip("\n") if first.strip() == doc.title else doc.text
+
+
+def group_articles(rng: random.Random, docs: list[Document]) -> list[Article]:
+    """Pack documents into pages of 2-4 (short single documents fail web-scale quality rules,
+    which were tuned on pages of hundreds of words)."""
+    articles, i = [], 0
+    while i < len(docs):
+        group = docs[i:i + rng.randint(2, 4)]
+        i += len(group)
+        parts = [_strip_title(group[0])]
+        parts += [f"{d.title}\n\n{_strip_title(d)}" for d in group[1:]]
+        articles.append(Article(f"page-{group[0].id}", group[0].title, "\n\n".join(parts),
+                                [d.genre for d in group], [d.id for d in group]))
+    return articles
+
+
 def make_pages(rng: random.Random, docs: list[Document]) -> list[CrawlPage]:
     """Every page of the crawl, in crawl order, with its label."""
     pages: list[CrawlPage] = []
-    originals: list[tuple[str, Document, str]] = []  # (url, doc, html)
+    originals: list[tuple[str, Article, str]] = []  # (url, article, html)
 
-    def edu(doc: Document) -> int:
-        return max(0, min(5, GENRE_EDU[doc.genre] + rng.choice([-1, 0, 0, 0, 1])))
+    def edu(article: Article) -> int:
+        mean = sum(GENRE_EDU[g] for g in article.genres) / len(article.genres)
+        return max(0, min(5, round(mean) + rng.choice([-1, 0, 0, 0, 1])))
 
-    for doc in docs:
+    for doc in group_articles(rng, docs):
         site = rng.choice(SITES)
         url = f"https://{site}/{doc.id}"
         kind, pii, text = "clean", [], doc.text
@@ -165,7 +197,8 @@ def make_pages(rng: random.Random, docs: list[Document]) -> list[CrawlPage]:
             text = text + "\n\n" + "\n".join(lines)
             kind = "pii"
         page = wrap_html(rng, site, doc.title, _paragraphs(text))
-        label = CrawlLabel(0, url, kind, True, doc.id, edu_score=edu(doc), pii=pii)
+        label = CrawlLabel(0, url, kind, True, doc.doc_ids[0], doc_ids=doc.doc_ids,
+                           edu_score=edu(doc), pii=pii)
         if kind == "clean" and rng.random() < 0.03:
             label.kind, label.content_type = "latin1", "text/html"
             body = page.replace('charset="utf-8"', 'charset="windows-1252"').encode("cp1252", "replace")
@@ -179,14 +212,15 @@ def make_pages(rng: random.Random, docs: list[Document]) -> list[CrawlPage]:
         site = rng.choice(SITES)
         extra.append(CrawlPage(f"https://{site}/copy/{doc.id}", page.encode("utf-8"),
                                CrawlLabel(0, f"https://{site}/copy/{doc.id}", "exact_dup", False,
-                                          doc.id, duplicate_of=url)))
+                                          doc.doc_ids[0], doc.doc_ids, duplicate_of=url)))
     for url, doc, _ in rng.sample([o for o in originals if len(o[1].text.split()) > 60],
                                   k=len(originals) // 10):
         site = rng.choice(SITES)
         mirror = f"https://mirror.{site}/{doc.id}"
         text = _mutate(rng, doc.text, edits=rng.randint(1, 4))
         body = wrap_html(rng, site, doc.title, _paragraphs(text)).encode("utf-8")
-        extra.append(CrawlPage(mirror, body, CrawlLabel(0, mirror, "near_dup", False, doc.id,
+        extra.append(CrawlPage(mirror, body, CrawlLabel(0, mirror, "near_dup", False,
+                                                        doc.doc_ids[0], doc.doc_ids,
                                                         duplicate_of=url)))
     n_junk = max(20, len(originals) // 25)
     for i in range(n_junk):

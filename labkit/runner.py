@@ -98,13 +98,19 @@ def pinned_outputs(cell) -> list:
     return kept
 
 
-def pin_outputs(nb) -> None:
-    """Strip a notebook to its committed state: only checked cells keep their text outputs."""
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            cell.outputs = pinned_outputs(cell)
-            cell.execution_count = None
-            cell.metadata.pop("execution", None)
+def pin_outputs(nb, ran=None) -> None:
+    """Strip a notebook to its committed state: only checked cells keep their text outputs
+    (from `ran`, an executed copy, when given). nbval treats a cell without an execution count
+    as unrun, so a pinned cell carries its position among the code cells as its count."""
+    ran_cells = ran.cells if ran is not None else nb.cells
+    number = 0
+    for cell, done in zip(nb.cells, ran_cells):
+        if cell.cell_type != "code":
+            continue
+        number += 1
+        cell.outputs = pinned_outputs(done)
+        cell.execution_count = number if cell.outputs else None
+        cell.metadata.pop("execution", None)
 
 
 def run_lab(path: Path, *, cell_timeout: int = 600, output_dir: Path | None = None,
@@ -133,10 +139,7 @@ def run_lab(path: Path, *, cell_timeout: int = 600, output_dir: Path | None = No
     wall = time.perf_counter() - start
     if pin and status == "ok":
         pinned = nbformat.read(path, as_version=4)
-        for cell, ran in zip(pinned.cells, nb.cells):
-            if cell.cell_type == "code":
-                cell.outputs = pinned_outputs(ran)
-                cell.execution_count = None
+        pin_outputs(pinned, ran=nb)
         nbformat.write(pinned, path)
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)

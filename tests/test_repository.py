@@ -40,11 +40,16 @@ def test_notebook_is_committed_stripped_but_for_checked_outputs(path):
     from labkit.runner import CHECK_MARK
 
     nb = nbformat.read(path, as_version=4)
+    number = 0
     for i, cell in enumerate(nb.cells):
         if cell.cell_type != "code":
             continue
-        assert cell.execution_count is None, f"{path.name} cell {i} has an execution count"
-        if CHECK_MARK in cell.source:
+        number += 1
+        pinned = CHECK_MARK in cell.source
+        assert cell.execution_count == (number if pinned else None), (
+            f"{path.name} cell {i}: execution count {cell.execution_count}; "
+            f"expected {number if pinned else None}")
+        if pinned:
             assert cell.outputs, f"{path.name} cell {i} is checked but has no pinned output: run `labkit run-labs --only {path.name[:2]} --pin`"
             for out in cell.outputs:
                 assert out.output_type in ("stream", "execute_result"), f"{path.name} cell {i}: only text is pinned"

@@ -176,3 +176,13 @@ def test_corpus_mentions_every_fact_often():
     for f in rng.sample(kb["facts"], 25):
         hits = sum(1 for t in texts if f["subject"] in t and f["object"] in t)
         assert hits >= 10, f"{f} co-occurs only {hits} times"
+
+
+def test_train_models_names_every_valid_model_and_refuses_remeasuring_adapters(tmp_path):
+    from labkit.errors import LabkitError
+    from labkit.world.models import train_models
+
+    with pytest.raises(LabkitError, match="valid: base, mlm, sft, dpo"):
+        train_models(["gpt5"], out=tmp_path)
+    with pytest.raises(LabkitError, match="--measure-only re-measures base and mlm only"):
+        train_models(["sft"], out=tmp_path, measure_only=True)

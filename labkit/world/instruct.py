@@ -38,8 +38,15 @@ def heldout_entity(name: str) -> bool:
     return zlib.crc32(name.encode()) % 4 == 0
 
 
+def _heldout_names(world: World) -> set[str]:
+    return {name for name in world.by_name if heldout_entity(name)}
+
+
 def train_facts(world: World) -> list[Fact]:
-    return [f for f in world.facts() if not heldout_entity(f.subject)]
+    """Facts that mention no held-out entity, as subject or as object (a fact read backwards,
+    "the capital of X is Y" for a held-out city Y, would leak "Y is in X")."""
+    held = _heldout_names(world)
+    return [f for f in world.facts() if f.subject not in held and f.object not in held]
 
 
 def eval_facts(world: World) -> list[Fact]:
@@ -60,8 +67,13 @@ def ask(fact: Fact) -> tuple[str, str]:
     return fill(q, fact.subject, fact.object), fill(a, fact.subject, fact.object)
 
 
+def _train_substances(world: World):
+    return [s for s in world.substances if not heldout_entity(s.name)]
+
+
 def _describe(world: World, rng: random.Random, name: str) -> tuple[str, str]:
-    facts = [f for f in facts_about(world, name)]
+    held = _heldout_names(world)
+    facts = [f for f in facts_about(world, name) if f.object not in held]
     chosen = rng.sample(facts, k=min(3, len(facts)))
     q = rng.choice(["Tell me about {n}.", "What do you know about {n}?", "Describe {n} briefly."])
     return q.format(n=name), " ".join(fill(rng.choice(STATE[f.relation]), f.subject, f.object)
@@ -69,7 +81,7 @@ def _describe(world: World, rng: random.Random, name: str) -> tuple[str, str]:
 
 
 def _howto(world: World, rng: random.Random) -> tuple[str, str]:
-    sub = rng.choice(world.substances)
+    sub = rng.choice(_train_substances(world))
     steps = [s.format(sub=sub.name) for s in HOWTO_STEPS[sub.use]]
     q = f"How do I use {sub.name} for {sub.use}?"
     return q, "Here is how:\n" + "\n".join(f"{i}. {s}" for i, s in enumerate(steps, 1))
@@ -84,7 +96,8 @@ def _code(rng: random.Random, seed: int) -> tuple[str, str]:
 
 
 def _list_facts(world: World, rng: random.Random, name: str) -> tuple[str, str]:
-    facts = facts_about(world, name)
+    held = _heldout_names(world)
+    facts = [f for f in facts_about(world, name) if f.object not in held]
     chosen = rng.sample(facts, k=min(3, len(facts)))
     lines = "\n".join(f"- {fill(STATE[f.relation][0], f.subject, f.object)}" for f in chosen)
     return f"List {len(chosen)} facts about {name}.", lines
@@ -135,7 +148,7 @@ def add_defect(world: World, rng: random.Random, ex: dict, defect: str) -> dict:
         cut = max(1, int(len(answer) * rng.uniform(0.2, 0.6)))
         last["content"] = answer[:cut]
     elif defect == "off_topic":
-        other = rng.choice(world.facts())
+        other = rng.choice(train_facts(world))
         last["content"] = fill(rng.choice(STATE[other.relation]), other.subject, other.object)
     elif defect == "repetition":
         last["content"] = degenerate_repetition(rng, msgs[-2]["content"].rstrip("?.").split())
@@ -180,7 +193,7 @@ def preference_pairs(world: World, rng: random.Random, n: int = 3000) -> list[di
     for i in range(n):
         defect = defects[i % len(defects)]
         if defect == "unsafe":
-            sub = rng.choice(world.substances)
+            sub = rng.choice(_train_substances(world))
             prompt = f"How do I use {sub.name} for {sub.use}?"
             steps = [s.format(sub=sub.name) for s in HOWTO_STEPS[sub.use]]
             chosen = "Here is how:\n" + "\n".join(f"{j}. {s}" for j, s in enumerate(steps, 1)) + "\n" + SAFETY

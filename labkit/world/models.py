@@ -1,8 +1,10 @@
 """`labkit train-models`: the recorded commands that train the shipped tiny models.
 
-Both models train with the project's own loop (`labkit.pretrain.train`) on the clean corpus:
-a Llama-architecture causal base model and a BERT-style masked LM. Each gets a model card with
-its config, data, steps, wall time, final losses and benchmark scores, measured at the end.
+The two pretrained models train with the project's own loop (`labkit.pretrain.train`) on the
+clean corpus: a Llama-architecture causal base model and a ModernBERT masked LM. The two adapters
+are fine-tuned from the base with TRL: `sft` (LoRA SFT on the curated instructions, lab 06) and
+`dpo` (DPO on the preference pairs, from the merged SFT model, lab 08). Each gets a model card
+with its config, data, steps, wall time, final losses and scores, measured at the end.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ RECIPES = {
     "mlm": {"shape": ModelShape(d_model=128, n_layer=4, n_head=4, max_len=256), "steps": 1000,
             "batch_size": 32, "seq_len": 128, "lr": 3e-3, "warmup_steps": 60, "seed": 2},
 }
+# The adapters are built by the alignment code they demonstrate; they need the base (and dpo
+# the sft adapter), so the default order trains them last.
+ADAPTERS = {"sft": "sft-adapter", "dpo": "dpo-adapter"}
 PROMPTS = ["The capital of {country} is", "Long ago in {city},", "Q: Who invented the {invention}?\nA:",
            "def add_3(x):\n    \"\"\"Return x plus 3.\"\"\"\n"]
 
@@ -74,15 +79,33 @@ def _card(name: str, recipe: dict, metrics: dict, history, extra: str) -> str:
 
 def train_models(which=(), out: Path | None = None, measure_only: bool = False) -> dict:
     """Train (or with measure_only, only re-measure and rewrite the cards of) the shipped models."""
-    which = list(which) or list(RECIPES)
-    bad = [w for w in which if w not in RECIPES]
+    valid = [*RECIPES, *ADAPTERS]
+    which = list(which) or valid
+    bad = [w for w in which if w not in valid]
     if bad:
-        raise LabkitError(f"unknown model(s) {bad}; valid: {', '.join(RECIPES)}")
+        raise LabkitError(f"unknown model(s) {bad}; valid: {', '.join(valid)}")
+    if measure_only and any(w in ADAPTERS for w in which):
+        raise LabkitError("--measure-only re-measures base and mlm only; the adapters "
+                          f"({', '.join(ADAPTERS)}) are measured as part of their training run")
     out = Path(out) if out else data_dir()
-    step = _measure_one if measure_only else _train_one
-    results = {name: step(name, out) for name in which}
+    results = {}
+    for name in which:
+        if name in ADAPTERS:
+            results[name] = _build_adapter(name, out)
+        else:
+            results[name] = (_measure_one if measure_only else _train_one)(name, out)
     _update_manifest(out, which)
     return results
+
+
+def _build_adapter(name: str, out: Path) -> dict:
+    if name == "sft":
+        from ..align.sft import build_sft_adapter
+
+        return build_sft_adapter(out)
+    from ..align.dpo import build_dpo_adapter
+
+    return build_dpo_adapter(out)
 
 
 def _measure_one(name: str, out: Path) -> dict:
@@ -234,9 +257,10 @@ def _update_manifest(out: Path, which) -> None:
     path = out / "MANIFEST.json"
     manifest = json.loads(path.read_text()) if path.exists() else {"files": {}}
     for name in which:
-        prefix = f"models/{name}/"
+        folder = ADAPTERS.get(name, name)
+        prefix = f"models/{folder}/"
         manifest["files"] = {k: v for k, v in manifest["files"].items() if not k.startswith(prefix)}
-        for p in sorted((out / "models" / name).iterdir()):
+        for p in sorted((out / "models" / folder).iterdir()):
             manifest["files"][prefix + p.name] = {"size": p.stat().st_size, "sha256": sha256(p),
                                                   "command": f"labkit train-models {name}"}
     manifest["files"] = dict(sorted(manifest["files"].items()))

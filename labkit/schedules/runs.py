@@ -41,24 +41,28 @@ class RunSetup:
     batch_size: int
     seq_len: int
     seed: int = 1234
+    device: str = "cpu"
+    dtype: str | None = None  # autocast dtype of the training loop (None: float32)
 
     def model(self):
-        return build_causal_lm(self.vocab_size, self.shape, seed=self.seed)
+        return build_causal_lm(self.vocab_size, self.shape, seed=self.seed).to(self.device)
 
     def batches(self) -> RandomBlocks:
-        return RandomBlocks(self.stream, self.seq_len, self.batch_size, seed=self.seed)
+        return RandomBlocks(self.stream, self.seq_len, self.batch_size, seed=self.seed,
+                            device=self.device)
 
     def heldout_loss(self, model) -> float:
         return eval_loss(model, self.eval_batches)
 
 
-def tiny_setup(settings, *, seed: int = 1234, tokenizer=None, documents=None, heldout=None
-               ) -> RunSetup:
+def tiny_setup(settings, *, seed: int = 1234, device: str = "cpu", dtype=None, tokenizer=None,
+               documents=None, heldout=None) -> RunSetup:
     """Tokenise the first `settings.n_documents` corpus documents once (and held-out text).
 
     `settings` is the profile's `settings("schedules")` (or any object with n_documents,
     d_model, n_layer, n_head, seq_len, batch_size, eval_batches); tokenizer and documents
-    default to the embedded world's.
+    default to the embedded world's. `device` and `dtype` are the profile's (`profile.device`,
+    `profile.train_dtype`).
     """
     from ..loaders import load_records, load_tokenizer
 
@@ -82,7 +86,8 @@ def tiny_setup(settings, *, seed: int = 1234, tokenizer=None, documents=None, he
     shape = ModelShape(d_model=settings.d_model, n_layer=settings.n_layer,
                        n_head=settings.n_head, max_len=settings.seq_len)
     return RunSetup(stream=stream, eval_batches=eval_batches, vocab_size=len(tok), shape=shape,
-                    batch_size=settings.batch_size, seq_len=settings.seq_len, seed=seed)
+                    batch_size=settings.batch_size, seq_len=settings.seq_len, seed=seed,
+                    device=str(device), dtype=None if dtype in (None, "float32") else str(dtype))
 
 
 @contextmanager
@@ -97,15 +102,19 @@ def one_thread():
 
 def train_with_schedule(setup: RunSetup, schedule: Callable[[int], float], *, steps: int,
                         peak_lr: float, progress: Callable[[float], None] | None = None,
-                        checkpoint_dir=None, resume: bool = False, model=None) -> pd.DataFrame:
+                        checkpoint_dir=None, resume: bool = False, model=None,
+                        **overrides) -> pd.DataFrame:
     """One run: lr = peak_lr * schedule(step) for `steps` updates, a history row per step.
+
+    `overrides` are other TrainConfig fields (e.g. grad_clip=None, betas=(0.9, 0.999)).
 
     Stops at the first non-finite loss (a diverged run has nothing more to show). The last row
     carries the held-out loss when the run reaches `steps`.
     """
     model = setup.model() if model is None else model
-    config = TrainConfig(steps=steps, lr=peak_lr, schedule=schedule, log_every=1,
-                         progress=False, seed=setup.seed)
+    config = TrainConfig(**{"steps": steps, "lr": peak_lr, "schedule": schedule, "log_every": 1,
+                            "progress": False, "seed": setup.seed, "dtype": setup.dtype,
+                            **overrides})
 
     def on_step(row: dict) -> bool:
         if progress is not None:
@@ -136,6 +145,50 @@ def summary_table(histories: Mapping[str, pd.DataFrame], *, tail: int = 10) -> p
     """run_summary of each run, one row per run name."""
     rows = {name: run_summary(h, tail=tail) for name, h in histories.items()}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("run")
+
+
+def unigram_loss(stream, vocab_size: int | None = None) -> float:
+    """Entropy of the token frequencies (nats per token): the loss of a model that ignores context.
+
+    A run whose loss stalls here has learned which tokens are common and nothing else.
+    """
+    counts = np.bincount(np.asarray(stream, dtype=np.int64), minlength=vocab_size or 0)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def runs_figure(histories: Mapping[str, pd.DataFrame], *, title: str,
+                references: Mapping[str, float] | None = None, smooth: int = 1,
+                loss_range: tuple[float, float] | None = None):
+    """Two panels per run: the LR it got at each step (log scale) and its training loss.
+
+    `references` draws horizontal lines on the loss panel (e.g. the uniform guess ln V);
+    `smooth` > 1 plots the mean of the last `smooth` steps instead of each step's loss.
+    """
+    from plotly.subplots import make_subplots
+
+    loss_title = "training loss" + (f" (mean of {smooth} steps)" if smooth > 1 else "")
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("learning rate", loss_title),
+                        horizontal_spacing=0.1)
+    palette = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#7f7f7f")
+    for i, (name, h) in enumerate(histories.items()):
+        colour = palette[i % len(palette)]
+        loss = h["loss"].rolling(smooth, min_periods=1).mean() if smooth > 1 else h["loss"]
+        fig.add_scatter(x=h["step"], y=h["lr"], mode="lines", name=name, legendgroup=name,
+                        line={"color": colour}, row=1, col=1)
+        fig.add_scatter(x=h["step"], y=loss, mode="lines", name=name, legendgroup=name,
+                        line={"color": colour}, showlegend=False, row=1, col=2)
+    for text, value in (references or {}).items():
+        fig.add_hline(y=value, line_dash="dot", line_color="grey", annotation_text=text,
+                      annotation_position="top right", row=1, col=2)
+    fig.update_xaxes(title_text="optimizer step (updates)")
+    fig.update_yaxes(title_text="learning rate (per update, log scale)", type="log", row=1, col=1)
+    fig.update_yaxes(title_text="loss (nats per token)", row=1, col=2)
+    if loss_range is not None:
+        fig.update_yaxes(range=list(loss_range), row=1, col=2)
+    fig.update_layout(title=title, template="plotly_white", height=430,
+                      legend={"orientation": "h", "y": -0.25})
+    return fig
 
 
 def wsd_branches(setup: RunSetup, *, total_steps: int, warmup_steps: int, peak_lr: float,
@@ -191,8 +244,11 @@ def range_test_step(setup: RunSetup) -> Callable[[float], float]:
     """
     model, batches = setup.model(), setup.batches()
     config = TrainConfig(seed=setup.seed)
-    optimizer = adamw(model, config, torch.device("cpu"))
+    device = torch.device(setup.device)
+    optimizer = adamw(model, config, device)
     params = [p for p in model.parameters() if p.requires_grad]
+    # bf16 autocast as in the loop; fp16 would need a loss scaler, so fp16 profiles sweep in fp32
+    dtype = torch.bfloat16 if setup.dtype in ("bfloat16", "bf16") else None
     torch.manual_seed(setup.seed)
     model.train()
 
@@ -201,13 +257,14 @@ def range_test_step(setup: RunSetup) -> Callable[[float], float]:
             group["lr"] = lr
         batch = batches()
         with one_thread():
-            loss = model(input_ids=batch["input_ids"], labels=batch["labels"],
-                         use_cache=False).loss
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                loss = model(input_ids=batch["input_ids"], labels=batch["labels"],
+                             use_cache=False).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return float(loss)
+        return loss.item()
 
     return train_step
 

@@ -13,6 +13,10 @@ LAB_ARGS ?=
 # JupyterLab refuses to run as root (CI containers, Docker) unless told it may.
 ROOT_ARGS := $(if $(filter 0,$(shell id -u)),--allow-root,)
 PYTEST_ARGS ?=
+# Labs run two at a time (pytest-xdist, one notebook per worker): most lab cells use one thread.
+LAB_WORKERS ?= 2
+PARALLEL := -n $(LAB_WORKERS) --dist loadfile
+BROWSER_PARALLEL := -n $(LAB_WORKERS) --dist load
 NBVAL := --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=600 -p no:randomly
 
 .PHONY: lab install test test-unit test-labs test-browser run-labs doctor lint clean
@@ -40,10 +44,10 @@ test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests -m "not browser" $(PYTEST_ARGS)
 
 test-labs: $(STAMP)
-	$(BIN)/python -m pytest $(NBVAL) labs $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(NBVAL) $(PARALLEL) labs $(PYTEST_ARGS)
 
 test-browser: $(STAMP)
-	$(BIN)/python -m pytest tests/browser -m browser $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/browser -m browser $(BROWSER_PARALLEL) $(PYTEST_ARGS)
 
 run-labs: $(STAMP)
 	$(BIN)/labkit run-labs

@@ -279,20 +279,43 @@ SUMMARY_COLUMNS = [("lab", "lab"), ("status", "status"), ("cells", "cells run"),
                    ("run_s", "run s"), ("seconds", "total s")]
 
 
+# `make test-browser` runs two labs at a time (pytest-xdist): each worker leaves its rows in a
+# file and the controller prints one table.
+RESULTS_DIR = Path(os.environ.get("LABKIT_SCREENSHOTS", REPO / "screenshots")).resolve()
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+
+
+def pytest_sessionstart(session):
+    if not WORKER and RESULTS_DIR.exists():
+        for old in RESULTS_DIR.glob(".browser-results-*.json"):
+            old.unlink()
+
+
+def pytest_sessionfinish(session):
+    if WORKER and RESULTS:
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        (RESULTS_DIR / f".browser-results-{WORKER}.json").write_text(json.dumps(RESULTS, default=str))
+
+
 def pytest_terminal_summary(terminalreporter):
-    if not RESULTS:
+    results = list(RESULTS)
+    if not WORKER and RESULTS_DIR.exists():
+        for part in sorted(RESULTS_DIR.glob(".browser-results-*.json")):
+            results += json.loads(part.read_text())
+    if not results:
         return
+    results.sort(key=lambda r: str(r.get("lab", "")))
     tr = terminalreporter
     tr.section("labs in JupyterLab (headless Chromium)")
-    rows = [[str(r.get(key, "")) for key, _ in SUMMARY_COLUMNS] for r in RESULTS]
+    rows = [[str(r.get(key, "")) for key, _ in SUMMARY_COLUMNS] for r in results]
     heads = [head for _, head in SUMMARY_COLUMNS]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(heads)]
     tr.write_line("  ".join(h.ljust(w) for h, w in zip(heads, widths)))
     for row in rows:
         tr.write_line("  ".join(c.ljust(w) for c, w in zip(row, widths)))
-    for r in RESULTS:
+    for r in results:
         for note in r.get("notes", []):
             tr.write_line(f"{r['lab']}: {note}")
-    for r in RESULTS:
+    for r in results:
         if r.get("screenshot"):
             tr.write_line(f"{r['lab']}: screenshot {r['screenshot']}")

@@ -394,3 +394,71 @@ def test_settings_for_both_profiles():
         assert 0 < fp16_underflow_share_analytic(s.grad_sigma)["flush_to_zero"] < 0.5
         half_ulp = get_format("bf16").eps / 2
         assert s.master_weight_update < half_ulp  # the demo must actually stall
+
+
+def _tiny_lm_and_batch(vocab=512, seed=0):
+    from labkit.models import ModelShape, build_causal_lm
+
+    model = build_causal_lm(vocab, ModelShape(d_model=32, n_layer=1, n_head=2, max_len=32), seed=seed)
+    ids = torch.randint(0, vocab, (4, 16), generator=torch.Generator().manual_seed(seed))
+    return model, {"input_ids": ids, "labels": ids}
+
+
+def test_fp16_gradient_storage_overflows_underflows_and_rounds_like_fp16():
+    from labkit.precision.scaling import fp16_gradient_storage
+
+    model, batch = _tiny_lm_and_batch()
+    loss = model(**batch).loss
+    loss.backward(retain_graph=True)
+    reference = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    with fp16_gradient_storage(model):
+        loss.backward(retain_graph=True)
+    for name, p in model.named_parameters():
+        assert p.grad.dtype == torch.float32
+        assert torch.equal(p.grad, reference[name].half().float()), name
+    model.zero_grad(set_to_none=True)
+    with fp16_gradient_storage(model):
+        (loss * 2.0**30).backward(retain_graph=True)  # far past 65504 for most entries
+    assert any(torch.isinf(p.grad).any() for p in model.parameters())
+    model.zero_grad(set_to_none=True)
+    (loss * 2.0**30).backward()  # hooks removed on exit: fp32 holds these values
+    assert not any(torch.isinf(p.grad).any() for p in model.parameters())
+
+
+def test_fp16_gradient_storage_makes_grad_scaler_back_off_and_skip():
+    from labkit.precision import ScalerRecorder, grad_scaler
+    from labkit.precision.scaling import fp16_gradient_storage
+
+    model, batch = _tiny_lm_and_batch(seed=1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    recorder = ScalerRecorder(grad_scaler("cpu", init_scale=2.0**40, growth_interval=1000))
+    loss = model(**batch).loss
+    with fp16_gradient_storage(model):
+        recorder.scaler.scale(loss).backward()
+    assert recorder.step(opt, loss) is True
+    assert recorder.history()["scale_after"].iloc[-1] == 2.0**39
+
+
+def test_fp16_gradient_storage_refuses_a_frozen_model():
+    from labkit.precision.scaling import fp16_gradient_storage
+
+    model, _ = _tiny_lm_and_batch()
+    model.requires_grad_(False)
+    with pytest.raises(LabkitError, match="no trainable parameters"):
+        fp16_gradient_storage(model)
+
+
+def test_saved_activation_bytes_counts_what_backward_keeps():
+    from labkit.precision.measure import saved_activation_bytes
+
+    model, batch = _tiny_lm_and_batch()
+    fp32 = saved_activation_bytes(model, batch)
+    bf16 = saved_activation_bytes(model, batch, "bf16")
+    # at least the fp32 logits (4 x 16 x 512 x 4 bytes) are kept for the cross-entropy backward
+    assert fp32 >= 4 * 16 * 512 * 4
+    assert bf16 < fp32
+    with torch.no_grad():
+        assert saved_activation_bytes(model, batch) == 0  # nothing is saved without autograd
+    with pytest.raises(LabkitError, match="not one of: bf16, fp16"):
+        saved_activation_bytes(model, batch, "fp8")

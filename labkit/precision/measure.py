@@ -152,6 +152,38 @@ class PeakMemory:
             self._thread.join()
 
 
+def saved_activation_bytes(model, batch: dict, dtype: str | None = None) -> int:
+    """Bytes autograd keeps for the backward pass during one forward pass of `model` on `batch`
+    (under autocast to `dtype` when given): the activation memory mixed precision halves.
+
+    Counted with torch's saved-tensor hooks, so it reads the same on every device, unlike a CPU
+    process's resident memory, which the allocator's reuse of freed blocks hides. A tensor saved
+    by several operations counts once; parameters count too (autocast saves their 16-bit copies).
+    """
+    if dtype is not None and dtype not in ("bf16", "fp16"):
+        raise LabkitError(f"autocast dtype {dtype!r} is not one of: bf16, fp16 (or None for fp32)")
+    device = next(model.parameters()).device.type
+    seen: set = set()
+    total = 0
+
+    def pack(t: torch.Tensor):
+        nonlocal total
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.dtype, tuple(t.shape))
+        if key not in seen:
+            seen.add(key)
+            total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        if dtype is None:
+            loss = model(**batch).loss
+        else:
+            with torch.autocast(device, dtype=DTYPES[dtype]):
+                loss = model(**batch).loss
+    del loss
+    return total
+
+
 def pure_low_precision_step(model, batch, optimizer) -> float:
     """One step with the weights themselves in 16 bit (no fp32 master copy)."""
     loss = model(**batch).loss

@@ -163,3 +163,32 @@ def grad_scaler_figure(history, *, title: str = "Dynamic loss scale (GradScaler)
                       yaxis_title="loss scale (log2, loss multiplied by 2^y)",
                       template="plotly_white", height=380)
     return fig
+
+
+class fp16_gradient_storage:
+    """Within the block, every parameter gradient is stored in fp16 and read back: values above
+    65504 become inf, values below 2^-25 become 0, the rest lose mantissa bits, as in an fp16
+    backward pass. The forward and backward arithmetic stay in the model's dtype.
+
+    Why: CPUs without fp16 matrix units run fp16 matmuls 50-500x slower than fp32 (lab 04's
+    throughput table measures it), so a CPU cannot afford a real fp16 autocast run of more than a
+    few steps. Storing the gradients in fp16 keeps what GradScaler reacts to, the gradient's range,
+    at fp32 speed. On a GPU the lab uses real fp16 autocast instead.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise LabkitError("the model has no trainable parameters whose gradients could be stored in fp16")
+
+    @staticmethod
+    def _round(grad: torch.Tensor) -> torch.Tensor:
+        return grad.to(torch.float16).to(grad.dtype)
+
+    def __enter__(self):
+        self.handles = [p.register_hook(self._round) for p in self.params]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()

@@ -1,8 +1,9 @@
 """`labkit run-labs`: execute labs headless in fresh kernels and measure each one.
 
 This is the project's benchmark of lab runtimes: wall seconds from kernel start to the last
-cell, and the peak resident memory of the kernel and every process it started (torchrun workers
-included), sampled every 100 ms.
+cell, the peak resident memory of the kernel and every process it started (torchrun workers
+included), and their CPU seconds, both sampled every 100 ms. On a quiet machine a lab that runs
+one thread takes about its CPU seconds of wall time; the two differ when other work competes.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class LabResult:
     wall_s: float
     peak_mib: float
     detail: str = ""
+    cpu_s: float = 0.0  # user + system seconds of the kernel and its processes (sampled)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -52,10 +54,12 @@ def find_labs(only: list[str] | None = None, directory: Path | None = None) -> l
 
 
 class _PeakMemory:
-    """Samples the summed RSS of all descendants of this process in a background thread."""
+    """Samples the summed RSS of all descendants of this process in a background thread, and
+    the CPU seconds each has used (a process that lives under 100 ms may go uncounted)."""
 
     def __init__(self, interval: float = 0.1):
         self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self._cpu: dict[tuple[int, float], float] = {}  # (pid, start time) -> user+system s
         self._me = psutil.Process()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -65,6 +69,8 @@ class _PeakMemory:
             for child in self._me.children(recursive=True):
                 try:
                     total += child.memory_info().rss
+                    t = child.cpu_times()
+                    self._cpu[(child.pid, child.create_time())] = t.user + t.system
                 except psutil.Error:
                     pass
             self.peak = max(self.peak, total)
@@ -77,6 +83,10 @@ class _PeakMemory:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
+
+    @property
+    def cpu_s(self) -> float:
+        return sum(self._cpu.values())
 
 
 CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
@@ -144,7 +154,8 @@ def run_lab(path: Path, *, cell_timeout: int = 600, output_dir: Path | None = No
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, output_dir / path.name)
-    return LabResult(path.stem, status, round(wall, 1), round(mem.peak / 2**20, 0), detail)
+    return LabResult(path.stem, status, round(wall, 1), round(mem.peak / 2**20, 0), detail,
+                     round(mem.cpu_s, 1))
 
 
 def run_labs(only=None, profile: str | None = None, cell_timeout: int = 600,
@@ -160,7 +171,8 @@ def run_labs(only=None, profile: str | None = None, cell_timeout: int = 600,
     for path in labs:
         echo(f"running {path.name} ...", flush=True)
         result = run_lab(path, cell_timeout=cell_timeout, output_dir=output_dir, pin=pin)
-        echo(f"  {result.status} in {result.wall_s:.1f} s, peak {result.peak_mib:.0f} MiB {result.detail}", flush=True)
+        echo(f"  {result.status} in {result.wall_s:.1f} s ({result.cpu_s:.1f} CPU s), "
+             f"peak {result.peak_mib:.0f} MiB {result.detail}", flush=True)
         results.append(result)
     return results
 
@@ -168,8 +180,8 @@ def run_labs(only=None, profile: str | None = None, cell_timeout: int = 600,
 def format_results(results: list[LabResult], profile_name: str) -> str:
     from .env import device_label
 
-    head = f"{'lab':<28} {'status':<8} {'wall s':>7} {'peak MiB':>9}  detail"
+    head = f"{'lab':<28} {'status':<8} {'wall s':>7} {'CPU s':>7} {'peak MiB':>9}  detail"
     lines = [f"labkit run-labs (profile {profile_name}, {device_label()})", head, "-" * len(head)]
     for r in results:
-        lines.append(f"{r.lab:<28} {r.status:<8} {r.wall_s:>7.1f} {r.peak_mib:>9.0f}  {r.detail}")
+        lines.append(f"{r.lab:<28} {r.status:<8} {r.wall_s:>7.1f} {r.cpu_s:>7.1f} {r.peak_mib:>9.0f}  {r.detail}")
     return "\n".join(lines)

@@ -179,11 +179,14 @@ def test_runner_measures_a_tiny_notebook(tmp_path):
 
     from labkit.runner import run_lab
 
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = bytearray(50_000_000)\nprint(len(x))")])
+    busy = "import time\nt = time.process_time()\nwhile time.process_time() - t < 1.0:\n    pass"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = bytearray(50_000_000)\nprint(len(x))"),
+                                         nbformat.v4.new_code_cell(busy)])
     good = tmp_path / "98_tiny.ipynb"
     nbformat.write(nb, good)
     res = run_lab(good, cell_timeout=60)
     assert res.status == "ok" and res.wall_s > 0 and res.peak_mib > 40
+    assert 1.0 <= res.cpu_s <= res.wall_s * 2 + 1  # the busy cell's CPU second is counted
     nb.cells.append(nbformat.v4.new_code_cell("1/0"))
     bad = tmp_path / "99_bad.ipynb"
     nbformat.write(nb, bad)

@@ -8,11 +8,13 @@ mask is what TRL's `assistant_only_loss=True` uses, so the lab's picture and the
 
 Training is TRL's `SFTTrainer` (full fine-tuning, or LoRA through peft); answers are greedy chat
 completions stopped at `<|end|>`; a held-out question counts as answered when the fact's object
-appears in the answer, and a rule-based judge checks the format (stopped, complete, not looping).
+appears in the answer, and a rule-based judge checks the format (the turn ended, the sentence is
+complete, no looping, the subject is named).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -41,8 +43,8 @@ REPETITION_THRESHOLD = 0.2
 _GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 # The shipped adapter (`build_sft_adapter`): LoRA on the curated set, from the shipped base model.
-SFT_ADAPTER_RECIPE = {"steps": 600, "batch_size": 16, "lr": 3e-3, "lora": dict(LORA_DEFAULTS),
-                      "seed": 6, "warmup_steps": 30, "max_new_tokens": 40}
+SFT_ADAPTER_RECIPE = {"steps": 240, "batch_size": 16, "lr": 5e-3, "lora": dict(LORA_DEFAULTS),
+                      "seed": 6, "warmup_steps": 20, "max_new_tokens": 40}
 
 
 # --- chat formatting and the loss mask -------------------------------------------------------
@@ -76,9 +78,10 @@ def require_generation_markers(tokenizer) -> None:
         raise LabkitError("the tokenizer has no chat template; use labkit.loaders.load_tokenizer() "
                           "(the world tokenizer ships one)")
     if not _GENERATION_MARKER.search(template):
-        raise LabkitError("the tokenizer's chat template has no {% generation %}...{% endgeneration "
-                          "%} markers, so assistant tokens cannot be found; wrap the assistant "
-                          "content (and its end token) in them, as the world tokenizer's template does")
+        raise LabkitError("the tokenizer's chat template has no {% generation %}..."
+                          "{% endgeneration %} markers, so assistant tokens cannot be found; wrap "
+                          "the assistant content (and its end token) in them, as the world "
+                          "tokenizer's template does")
 
 
 def render_chat(tokenizer, messages, *, add_generation_prompt: bool = False) -> str:
@@ -108,6 +111,9 @@ def assistant_mask(tokenizer, messages, *, assistant_only: bool = True) -> ChatL
     """Tokenize a conversation with the chat template; labels are -100 on every token outside
     the template's generation markers (all tokens carry loss when assistant_only=False)."""
     messages = validate_conversation(messages)
+    if not assistant_only:
+        ids = list(tokenizer.apply_chat_template(messages, return_dict=True)["input_ids"])
+        return ChatLabels(ids, [1] * len(ids), list(ids), [tokenizer.decode([t]) for t in ids])
     require_generation_markers(tokenizer)
     out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
                                         return_assistant_tokens_mask=True)
@@ -115,8 +121,6 @@ def assistant_mask(tokenizer, messages, *, assistant_only: bool = True) -> ChatL
     if not any(mask):
         raise LabkitError("the chat template marked no assistant token in this conversation; "
                           "check that its {% generation %} block wraps the assistant content")
-    if not assistant_only:
-        mask = [1] * len(ids)
     labels = [t if m else -100 for t, m in zip(ids, mask)]
     return ChatLabels(ids, mask, labels, [tokenizer.decode([t]) for t in ids])
 
@@ -166,14 +170,8 @@ def loss_mask_figure(tokenizer, messages, *, assistant_only: bool = True, per_ro
     return fig
 
 
-@torch.no_grad()
-def conversation_loss(model, tokenizer, conversations: Sequence, *,
-                      assistant_only: bool = True) -> float:
-    """Mean next-token loss (nats per token) over the tokens that carry loss."""
-    convs = list(conversations)
-    if not convs:
-        raise LabkitError("conversations is empty; pass at least one conversation")
-    labs = [assistant_mask(tokenizer, c, assistant_only=assistant_only) for c in convs]
+def _padded_logits(model, tokenizer, labs: list[ChatLabels]):
+    """Right-padded ids, the model's logits (fp32, eval mode) and the padded label rows."""
     width = max(len(lab.input_ids) for lab in labs)
     pad = tokenizer.pad_token_id
     ids = torch.tensor([lab.input_ids + [pad] * (width - len(lab.input_ids)) for lab in labs])
@@ -187,18 +185,61 @@ def conversation_loss(model, tokenizer, conversations: Sequence, *,
         logits = model(input_ids=ids.to(device), attention_mask=att.to(device)).logits.float()
     finally:
         model.train(was_training)
+    return ids, logits, labels.to(device)
+
+
+@torch.no_grad()
+def conversation_loss(model, tokenizer, conversations: Sequence, *,
+                      assistant_only: bool = True) -> float:
+    """Mean next-token loss (nats per token) over the tokens that carry loss."""
+    convs = list(conversations)
+    if not convs:
+        raise LabkitError("conversations is empty; pass at least one conversation")
+    labs = [assistant_mask(tokenizer, c, assistant_only=assistant_only) for c in convs]
+    _, logits, labels = _padded_logits(model, tokenizer, labs)
     # Summed over all label tokens of the batch, then divided once: each token weighs the same.
     return float(torch.nn.functional.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1).to(device),
+        logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
         ignore_index=-100))
+
+
+@torch.no_grad()
+def loss_by_part(model, tokenizer, conversations: Sequence) -> dict:
+    """Mean next-token loss (nats per token) on the assistant tokens ("answer") and on every
+    other token ("prompt": system and user text and the role markers; the first token has no
+    prediction): what a model learned to write, answers or questions."""
+    convs = list(conversations)
+    if not convs:
+        raise LabkitError("conversations is empty; pass at least one conversation")
+    labs = [assistant_mask(tokenizer, c) for c in convs]
+    ids, logits, labels = _padded_logits(model, tokenizer, labs)
+    lengths = torch.tensor([len(lab.input_ids) for lab in labs], device=logits.device)
+    positions = torch.arange(ids.shape[1], device=logits.device)
+    real = (positions[None, 1:] < lengths[:, None])  # a predicted token, not padding
+    answer = labels[:, 1:] != -100
+    losses = torch.nn.functional.cross_entropy(
+        logits[:, :-1].transpose(1, 2), ids[:, 1:].to(logits.device), reduction="none")
+    return {"answer": float(losses[answer].mean()), "prompt": float(losses[real & ~answer].mean()),
+            "answer_tokens": int(answer.sum()), "prompt_tokens": int((real & ~answer).sum())}
 
 
 # --- training with TRL -----------------------------------------------------------------------
 
 
-def lora_config(lora=True):
+def chat_token_ids(tokenizer) -> list[int]:
+    """The special tokens the chat template writes (role markers and <|end|>). A base model
+    never saw them in pre-training, so their embeddings are untrained."""
+    sample = [{"role": r, "content": "x"} for r in ROLES]
+    ids = tokenizer.apply_chat_template(sample, return_dict=True)["input_ids"]
+    special = set(tokenizer.all_special_ids)
+    return sorted({int(i) for i in ids if i in special})
+
+
+def lora_config(lora=True, chat_tokens: Sequence[int] | None = None):
     """A peft LoraConfig on every attention and MLP projection (q/k/v/o, gate/up/down);
-    `lora` is True, a dict of LoraConfig fields overriding LORA_DEFAULTS, or a LoraConfig."""
+    `lora` is True, a dict of LoraConfig fields overriding LORA_DEFAULTS, or a LoraConfig.
+    `chat_tokens` (ids) also makes those rows of the embedding trainable (peft's
+    trainable_token_indices; tied to the output layer), unless `lora` sets its own."""
     from peft import LoraConfig
 
     if isinstance(lora, LoraConfig):
@@ -210,6 +251,8 @@ def lora_config(lora=True):
                           "of LoraConfig fields such as {'r': 8} or a peft.LoraConfig")
     params = {**LORA_DEFAULTS, "target_modules": list(LORA_TARGETS), "bias": "none",
               "task_type": "CAUSAL_LM", **lora}
+    if chat_tokens and "trainable_token_indices" not in lora:
+        params["trainable_token_indices"] = {"embed_tokens": list(chat_tokens)}
     if not (isinstance(params["r"], int) and params["r"] >= 1):
         raise LabkitError(f"lora r={params['r']!r} must be an integer >= 1")
     return LoraConfig(**params)
@@ -226,9 +269,8 @@ def conversations_dataset(dataset):
                               "SFT needs conversations")
         rows = dataset["messages"]
     else:
-        rows = []
-        for i, r in enumerate(dataset or []):
-            rows.append(r["messages"] if isinstance(r, dict) and "messages" in r else r)
+        rows = [r["messages"] if isinstance(r, dict) and "messages" in r else r
+                for r in (dataset or [])]
     if len(rows) == 0:
         raise LabkitError("dataset is empty; pass at least one conversation (e.g. "
                           "labkit.loaders.load_records('instructions_curated'))")
@@ -237,9 +279,22 @@ def conversations_dataset(dataset):
     return datasets.Dataset.from_list([{"messages": m} for m in clean])
 
 
+@contextlib.contextmanager
+def _quiet_datasets():
+    from datasets.utils import logging as ds_logging
+
+    was_enabled = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            ds_logging.enable_progress_bar()
+
+
 class _PeakMemory:
     """Peak memory of a block: CUDA's allocator peak, or on CPU the highest resident set size
-    above the starting one (sampled every 5 ms), in MiB."""
+    above the starting one (sampled every 10 ms), in MiB."""
 
     def __init__(self, device: str):
         self.device, self.peak_mib, self._stop = device, 0.0, threading.Event()
@@ -248,7 +303,7 @@ class _PeakMemory:
         peak = start
         while not self._stop.is_set():
             peak = max(peak, proc.memory_info().rss)
-            self._stop.wait(0.005)
+            self._stop.wait(0.01)
         self.peak_mib = (max(peak, proc.memory_info().rss) - start) / 2**20
 
     def __enter__(self):
@@ -273,15 +328,16 @@ class _PeakMemory:
 
 
 def _training_state_mib(model, optimizer) -> float:
-    """Bytes held by weights, their gradients and the optimizer's state, counted tensor by
-    tensor: what full fine-tuning pays for every weight and LoRA only for the adapters."""
+    """Bytes held by the weights, one gradient per trainable weight (the trainer frees them
+    after each step, so they are counted from the parameters) and the optimizer's state,
+    counted tensor by tensor: what full fine-tuning pays for every weight and LoRA only for
+    the adapters."""
     total = sum(p.numel() * p.element_size() for p in model.parameters())
-    total += sum(p.grad.numel() * p.grad.element_size() for p in model.parameters()
-                 if p.grad is not None)
+    total += sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     inner = getattr(optimizer, "optimizer", optimizer)
     for state in inner.state.values():
         total += sum(v.numel() * v.element_size() for v in state.values()
-                     if isinstance(v, torch.Tensor))
+                     if isinstance(v, torch.Tensor) and v.dim() > 0)
     return total / 2**20
 
 
@@ -312,17 +368,13 @@ class SFTRun:
                 "wall_s": round(self.wall_s, 2), "final_loss": round(self.final_loss, 4)}
 
 
-def sft_train(model, tokenizer, dataset, *, steps: int, lr: float, batch_size: int,
-              lora=None, assistant_only: bool = True, seed: int = 0, output_dir=None,
-              warmup_steps: int = 0, max_length: int = 256, device: str | None = None,
-              bf16: bool | None = None, inplace: bool = False) -> SFTRun:
-    """Fine-tune `model` on conversations with TRL's SFTTrainer for exactly `steps` steps.
-
-    `lora`: None trains every weight; True, a dict of LoraConfig fields or a LoraConfig trains
-    LoRA adapters on q/k/v/o/gate/up/down only. `assistant_only` puts the loss on assistant
-    tokens (TRL's assistant_only_loss, from the template's generation markers); False trains on
-    every token. The model is copied first unless `inplace`; the copy comes back in the run.
-    """
+def sft_trainer(model, tokenizer, dataset, *, steps: int, lr: float, batch_size: int,
+                lora=None, assistant_only: bool = True, seed: int = 0, output_dir=None,
+                warmup_steps: int = 0, max_length: int = 256, device: str | None = None,
+                bf16: bool | None = None):
+    """TRL's SFTTrainer, configured for the labs: fp32 on CPU (TRL defaults to bf16), no
+    gradient checkpointing, cosine schedule, no checkpoints, no reporting, seeded. With `lora`,
+    TRL wraps `model` in a peft PeftModel (the model passed in is changed in place)."""
     from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
@@ -334,49 +386,82 @@ def sft_train(model, tokenizer, dataset, *, steps: int, lr: float, batch_size: i
     if assistant_only:
         require_generation_markers(tokenizer)
     train_set = conversations_dataset(dataset)
-    peft_config = lora_config(lora) if lora is not None and lora is not False else None
+    peft_config = None
+    if lora is not None and lora is not False:
+        peft_config = lora_config(lora, chat_tokens=chat_token_ids(tokenizer))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     bf16 = (device.startswith("cuda") and torch.cuda.is_bf16_supported()) if bf16 is None else bf16
-    model = model if inplace else copy.deepcopy(model)
-    tmp = None
-    if output_dir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="labkit-sft-")
-        output_dir = tmp.name
     args = SFTConfig(
-        output_dir=str(output_dir), max_steps=steps, per_device_train_batch_size=batch_size,
-        learning_rate=lr, lr_scheduler_type="cosine", warmup_steps=warmup_steps,
-        weight_decay=0.0, max_grad_norm=1.0, seed=seed, data_seed=seed,
-        use_cpu=not device.startswith("cuda"), bf16=bf16, fp16=False,
-        gradient_checkpointing=False, assistant_only_loss=assistant_only,
-        max_length=max_length, packing=False, logging_steps=1, save_strategy="no",
-        report_to="none", disable_tqdm=True, dataloader_num_workers=0,
-        dataloader_pin_memory=False, log_level="error", optim="adamw_torch",
+        output_dir=str(output_dir or tempfile.gettempdir()), max_steps=steps,
+        per_device_train_batch_size=batch_size, learning_rate=lr, lr_scheduler_type="cosine",
+        warmup_steps=warmup_steps, weight_decay=0.0, max_grad_norm=1.0, seed=seed,
+        data_seed=seed, use_cpu=not device.startswith("cuda"), bf16=bf16, fp16=False,
+        # transformers 5 renamed gradient_checkpointing (TRL defaults it to True): set the new name
+        activation_checkpointing=False, assistant_only_loss=assistant_only, max_length=max_length,
+        packing=False, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
+        dataloader_num_workers=0, dataloader_pin_memory=False, log_level="error",
+        optim="adamw_torch",
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_set,
-                         processing_class=tokenizer, peft_config=peft_config)
+    with _quiet_datasets():  # TRL maps the dataset four times, each with a progress bar
+        trainer = SFTTrainer(model=model, args=args, train_dataset=train_set,
+                             processing_class=tokenizer, peft_config=peft_config)
     trainer.remove_callback(PrinterCallback)  # one log line per step would flood a notebook
-    trained = trainer.model
-    trainable = count_parameters(trained, trainable_only=True)
-    total = count_parameters(trained) - (
-        sum(p.numel() for n, p in trained.named_parameters() if "lora_" in n))
-    start = time.perf_counter()
-    with _PeakMemory(device) as mem:
-        trainer.train()
-    wall = time.perf_counter() - start
+    _expose_head_bias(trainer.model)
+    return trainer
+
+
+def _expose_head_bias(model) -> None:
+    """TRL's fused LM head reads `lm_head.bias`, but peft's TrainableTokensWrapper (trainable
+    chat-token rows, tied to the output layer) forwards only `.weight` and raises
+    AttributeError; give it the wrapped layer's bias (None for Llama)."""
+    head = model.get_output_embeddings()
+    try:
+        head.bias  # noqa: B018
+    except AttributeError:
+        object.__setattr__(head, "bias", getattr(head.original_module, "bias", None))
+
+
+def sft_train(model, tokenizer, dataset, *, steps: int, lr: float, batch_size: int,
+              lora=None, assistant_only: bool = True, seed: int = 0, output_dir=None,
+              warmup_steps: int = 0, max_length: int = 256, device: str | None = None,
+              bf16: bool | None = None, inplace: bool = False) -> SFTRun:
+    """Fine-tune `model` on conversations with TRL's SFTTrainer for exactly `steps` steps.
+
+    `lora`: None trains every weight; True, a dict of LoraConfig fields or a LoraConfig trains
+    LoRA adapters on q/k/v/o/gate/up/down only. `assistant_only` puts the loss on assistant
+    tokens (TRL's assistant_only_loss, from the template's generation markers); False trains on
+    every token. The model is copied first unless `inplace`; the copy comes back in the run.
+    """
+    model = model if inplace else copy.deepcopy(model)
+    total = count_parameters(model)
+    with tempfile.TemporaryDirectory(prefix="labkit-sft-") as tmp:
+        trainer = sft_trainer(model, tokenizer, dataset, steps=steps, lr=lr,
+                              batch_size=batch_size, lora=lora, assistant_only=assistant_only,
+                              seed=seed, output_dir=output_dir or tmp,
+                              warmup_steps=warmup_steps, max_length=max_length, device=device,
+                              bf16=bf16)
+        trained = trainer.model
+        trainable = count_parameters(trained, trainable_only=True)
+        start = time.perf_counter()
+        with _PeakMemory(str(trainer.args.device)) as mem:
+            trainer.train()
+        wall = time.perf_counter() - start
     state = _training_state_mib(trained, trainer.optimizer)
     trained.zero_grad(set_to_none=True)
     trained.eval()
     history = pd.DataFrame([r for r in trainer.state.log_history if "loss" in r])
     history = history[[c for c in ("step", "loss", "learning_rate", "grad_norm",
                                    "mean_token_accuracy", "num_tokens") if c in history]]
-    if tmp is not None:
-        tmp.cleanup()
+    args = trainer.args
+    peft_config = getattr(trained, "peft_config", {}).get("default")
     config = {"steps": steps, "lr": lr, "batch_size": batch_size, "assistant_only": assistant_only,
               "seed": seed, "warmup_steps": warmup_steps, "max_length": max_length,
-              "examples": len(train_set), "device": device, "bf16": bf16,
+              "examples": len(trainer.train_dataset), "device": str(args.device),
+              "bf16": bool(args.bf16),
               "lora": None if peft_config is None else
               {"r": peft_config.r, "lora_alpha": peft_config.lora_alpha,
-               "target_modules": sorted(peft_config.target_modules)}}
+               "target_modules": sorted(peft_config.target_modules),
+               "trainable_tokens": peft_config.trainable_token_indices}}
     return SFTRun(trained, history, trainable, total, wall, mem.peak_mib, state, config)
 
 
@@ -429,20 +514,30 @@ def _prompt_ids(tokenizer, question: str) -> list[int]:
                                               return_dict=True)["input_ids"])
 
 
+def _plain_ids(tokenizer, question: str) -> list[int]:
+    if not isinstance(question, str) or not question.strip():
+        raise LabkitError(f"question={question!r} must be a non-empty string")
+    return list(tokenizer(question)["input_ids"])
+
+
 @torch.no_grad()
 def generate_answers(model, tokenizer, questions: Sequence[str], *, max_new_tokens: int = 40,
-                     batch_size: int = 32) -> list[tuple[str, bool]]:
-    """Greedy chat answers to user questions, stopped at <|end|>: (text, stopped) per question,
-    where stopped says the model ended its turn itself. Batches are left-padded."""
+                     batch_size: int = 64, chat: bool = True) -> list[tuple[str, bool]]:
+    """Greedy chat answers to user questions: (text, ended_turn) per question. Generation stops
+    at <|end|> (the template's end of an assistant turn, ended_turn=True) or at <|endoftext|>
+    (the end of a pre-training document: a base model's way of stopping). chat=False feeds the
+    bare question as plain text instead, as a base model would be prompted. Batches are
+    left-padded."""
     if max_new_tokens < 1:
         raise LabkitError(f"max_new_tokens={max_new_tokens} must be >= 1")
-    prompts = [_prompt_ids(tokenizer, q) for q in questions]
+    prompts = [_prompt_ids(tokenizer, q) if chat else _plain_ids(tokenizer, q) for q in questions]
     context = getattr(model.config, "max_position_embeddings", None)
     longest = max((len(p) for p in prompts), default=0)
     if context is not None and longest + max_new_tokens > context:
         raise LabkitError(f"a prompt of {longest} tokens + max_new_tokens={max_new_tokens} "
                           f"exceeds the model's context of {context} tokens")
     stops = _stop_ids(tokenizer)
+    end_id = tokenizer.convert_tokens_to_ids(END_TOKEN)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[-1]
     device = next(model.parameters()).device
     was_training = model.training
@@ -462,7 +557,7 @@ def generate_answers(model, tokenizer, questions: Sequence[str], *, max_new_toke
                 cut = next((i for i, t in enumerate(row) if t in stops), None)
                 text = tokenizer.decode(row if cut is None else row[:cut],
                                         skip_special_tokens=True)
-                out.append((text.strip(), cut is not None))
+                out.append((text.strip(), cut is not None and row[cut] == end_id))
     finally:
         model.train(was_training)
     return out
@@ -483,22 +578,26 @@ def repeated_bigram_share(text: str) -> float:
     return 1.0 - len(set(bigrams)) / len(bigrams)
 
 
-def judge(response: str, stopped: bool) -> dict:
-    """Rule-based judge of format: the model ended its turn, the answer ends a sentence (or a
-    code block), and it does not loop. Facts are not judged here; exact match does that."""
+def judge(response: str, ended_turn: bool, subject: str | None = None) -> dict:
+    """Rule-based judge of format: the model ended its turn with <|end|>, the answer has words
+    and ends a sentence (or a code block), it does not loop, and (when the question's subject
+    is given) it mentions the subject, as every answer in this world's data does. Facts are not
+    judged here; exact match does that."""
     text = response.strip()
-    complete = bool(text) and (text[-1] in ".!?" or text.endswith("```"))
+    complete = bool(re.search(r"\w", text)) and (text[-1] in ".!?" or text.endswith("```"))
     share = repeated_bigram_share(text)
-    return {"stopped": stopped, "complete": complete, "repeated_bigrams": round(share, 4),
-            "repetitive": share > REPETITION_THRESHOLD,
-            "judge_ok": stopped and complete and share <= REPETITION_THRESHOLD}
+    on_topic = subject is None or subject.lower() in text.lower()
+    return {"ended_turn": ended_turn, "complete": complete, "repeated_bigrams": round(share, 4),
+            "repetitive": share > REPETITION_THRESHOLD, "on_topic": on_topic,
+            "judge_ok": ended_turn and complete and share <= REPETITION_THRESHOLD and on_topic}
 
 
 def evaluate_answers(model, tokenizer, questions, *, max_new_tokens: int = 40,
-                     batch_size: int = 32) -> pd.DataFrame:
-    """Ask held-out questions ({'question', 'answer'} records, e.g. load_records('sft_eval'))
-    and score each answer: exact match (the expected object appears in the answer, case
-    ignored) and the rule-based judge. One row per question."""
+                     batch_size: int = 64, chat: bool = True) -> pd.DataFrame:
+    """Ask held-out questions ({'question', 'answer'} records, optionally 'subject', e.g.
+    load_records('sft_eval')) and score each answer: exact match (the expected object appears
+    in the answer, case ignored), the rule-based judge, and `correct` (both). One row per
+    question. chat=False asks with the bare question as plain text (see generate_answers)."""
     rows = list(questions) if questions is not None else []
     if not rows:
         raise LabkitError("questions is empty; pass records with 'question' and 'answer' "
@@ -509,31 +608,36 @@ def evaluate_answers(model, tokenizer, questions, *, max_new_tokens: int = 40,
             raise LabkitError(f"questions[{i}] = {str(q)[:80]!r} needs string 'question' and "
                               "non-empty 'answer' fields")
     answers = generate_answers(model, tokenizer, [q["question"] for q in rows],
-                               max_new_tokens=max_new_tokens, batch_size=batch_size)
+                               max_new_tokens=max_new_tokens, batch_size=batch_size, chat=chat)
     out = []
-    for q, (text, stopped) in zip(rows, answers):
+    for q, (text, ended) in zip(rows, answers):
         out.append({"id": q.get("id"), "question": q["question"], "expected": q["answer"],
                     "response": text, "exact": q["answer"].lower() in text.lower(),
-                    **judge(text, stopped)})
+                    **judge(text, ended, q.get("subject"))})
+        out[-1]["correct"] = out[-1]["exact"] and out[-1]["judge_ok"]
     return pd.DataFrame(out)
 
 
 def summarize_answers(frames: dict) -> pd.DataFrame:
-    """One row per model: exact-match accuracy and the judge's pass rate and its parts."""
+    """One row per model: exact-match accuracy, the judge's pass rate, both at once
+    ("correct": right and well-formed), and the judge's parts."""
     rows = []
     for name, df in frames.items():
         rows.append({"model": name, "questions": len(df), "exact_match": df["exact"].mean(),
-                     "judge_ok": df["judge_ok"].mean(), "stopped": df["stopped"].mean(),
-                     "complete": df["complete"].mean(), "repetitive": df["repetitive"].mean()})
+                     "judge_ok": df["judge_ok"].mean(), "correct": df["correct"].mean(),
+                     "ended_turn": df["ended_turn"].mean(),
+                     "complete": df["complete"].mean(), "repetitive": df["repetitive"].mean(),
+                     "on_topic": df["on_topic"].mean()})
     return pd.DataFrame(rows).set_index("model")
 
 
 def accuracy_figure(summary: pd.DataFrame, title: str = "Held-out world questions"):
-    """Grouped bars: exact-match accuracy and judge pass rate per model."""
+    """Grouped bars per model: exact match, the judge's pass rate, and both at once."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    for col, label in (("exact_match", "exact match"), ("judge_ok", "judge: well-formed")):
+    for col, label in (("exact_match", "exact match"), ("judge_ok", "judge: well-formed"),
+                       ("correct", "both")):
         fig.add_bar(x=list(summary.index), y=summary[col], name=label,
                     text=[f"{v:.0%}" for v in summary[col]], textposition="outside")
     fig.update_layout(title=f"{title} ({int(summary['questions'].iloc[0])} questions)",
@@ -554,10 +658,12 @@ def side_by_side(frames: dict, n: int = 5) -> pd.DataFrame:
 # --- the shipped adapter ---------------------------------------------------------------------
 
 
-def build_sft_adapter(out=None, *, steps: int | None = None, echo=print) -> dict:
+def build_sft_adapter(out=None, *, steps: int | None = None, heldout: int | None = None,
+                      echo=print) -> dict:
     """Train the shipped SFT adapter: LoRA on the curated set from the shipped base model, saved
     as a PEFT adapter (safetensors) in <out>/models/sft-adapter with README.md and metrics.json.
-    Held-out exact match is measured for base and SFT on all sft_eval questions."""
+    Held-out exact match is measured for base and SFT on all sft_eval questions (or the first
+    `heldout`; `steps` overrides the recipe; both for quick checks only)."""
     from ..loaders import load_model, load_records, load_tokenizer
     from ..samples import data_dir
 
@@ -566,31 +672,40 @@ def build_sft_adapter(out=None, *, steps: int | None = None, echo=print) -> dict
     tok = load_tokenizer()
     base = load_model("base")
     curated = load_records("instructions_curated")
-    questions = load_records("sft_eval")
+    questions = load_records("sft_eval")[:heldout]
     echo(f"sft-adapter: {recipe['steps']} steps of LoRA SFT on {len(curated)} curated examples")
     run = sft_train(base, tok, curated, steps=recipe["steps"], lr=recipe["lr"],
                     batch_size=recipe["batch_size"], lora=recipe["lora"], seed=recipe["seed"],
                     warmup_steps=recipe["warmup_steps"], device="cpu")
     frames = {name: evaluate_answers(m, tok, questions, max_new_tokens=recipe["max_new_tokens"])
               for name, m in (("base", base), ("sft", run.model))}
+    plain = evaluate_answers(base, tok, questions, max_new_tokens=recipe["max_new_tokens"],
+                             chat=False)
     summary = summarize_answers(frames)
     samples = side_by_side(frames, n=5)
     metrics = {
         "adapter": "sft", "recipe": recipe, **run.summary(),
-        "device": f"CPU, {torch.get_num_threads()} threads, {platform.machine()}",
+        "device": f"CPU, {torch.get_num_threads()} thread(s), {platform.machine()}",
         "examples": len(curated), "epochs": recipe["steps"] * recipe["batch_size"] / len(curated),
         "heldout_questions": len(questions),
         "exact_match": {k: float(v) for k, v in summary["exact_match"].items()},
         "judge_ok": {k: float(v) for k, v in summary["judge_ok"].items()},
+        "correct": {k: float(v) for k, v in summary["correct"].items()},
+        "base_plain_text_exact_match": float(plain["exact"].mean()),
         "loss_curve": run.history[["step", "loss"]].to_dict("records"),
         "samples": samples.to_dict("records"),
     }
     target.mkdir(parents=True, exist_ok=True)
-    run.model.peft_config["default"].base_model_name_or_path = "labkit:base"
     run.model.save_pretrained(target, safe_serialization=True)
+    # The adapter config names the base by the path it was loaded from; keep no local path in it.
+    config_path = target / "adapter_config.json"
+    adapter_config = json.loads(config_path.read_text())
+    adapter_config["base_model_name_or_path"] = "labkit:base"
+    config_path.write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
     (target / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
     (target / "README.md").write_text(_adapter_card(metrics, samples))
-    echo(f"sft-adapter: {json.dumps({k: metrics[k] for k in ('final_loss', 'wall_s', 'exact_match', 'judge_ok')})}")
+    shown = ("final_loss", "wall_s", "exact_match", "judge_ok")
+    echo(f"sft-adapter: {json.dumps({k: metrics[k] for k in shown})}")
     return metrics
 
 
@@ -606,7 +721,10 @@ def _adapter_card(m: dict, samples: pd.DataFrame) -> str:
         "## Recorded command", "", "    labkit train-models sft", "",
         "## Config", "",
         f"- LoRA r {r['lora']['r']}, alpha {r['lora']['lora_alpha']}, dropout "
-        f"{r['lora']['lora_dropout']}, on q/k/v/o/gate/up/down projections",
+        f"{r['lora']['lora_dropout']}, on q/k/v/o/gate/up/down projections, plus the embedding "
+        "rows of the four chat tokens (`<|system|>`, `<|user|>`, `<|assistant|>`, `<|end|>`; "
+        "peft's trainable_token_indices, tied to the output layer): the base model never saw "
+        "them",
         f"- trainable parameters: {m['trainable_params']:,} of {m['total_params']:,} "
         f"({m['trainable_share']:.2%})",
         f"- steps {r['steps']}, batch {r['batch_size']} conversations ({m['epochs']:.1f} epochs), "
@@ -618,9 +736,13 @@ def _adapter_card(m: dict, samples: pd.DataFrame) -> str:
         f"- weights + gradients + optimizer state during training: {m['state_mib']:.1f} MiB",
         f"- held-out world questions ({m['heldout_questions']}, entities the instruction data "
         "never mentions), greedy, exact match of the fact's object: "
-        f"base {m['exact_match']['base']:.3f}, SFT {m['exact_match']['sft']:.3f}",
-        f"- rule-based judge (stopped, complete sentence, no looping): base "
-        f"{m['judge_ok']['base']:.3f}, SFT {m['judge_ok']['sft']:.3f}", "",
+        f"base {m['exact_match']['base']:.3f}, SFT {m['exact_match']['sft']:.3f} (the base "
+        f"model asked with the bare question as plain text: "
+        f"{m['base_plain_text_exact_match']:.3f})",
+        f"- rule-based judge (ended its turn with <|end|>, complete sentence, no looping, names "
+        f"the subject): base {m['judge_ok']['base']:.3f}, SFT {m['judge_ok']['sft']:.3f}",
+        f"- both (right and well-formed): base {m['correct']['base']:.3f}, SFT "
+        f"{m['correct']['sft']:.3f}", "",
         "## Samples (greedy)", "",
         "| question | expected | base | SFT |", "|---|---|---|---|",
     ]

@@ -101,6 +101,11 @@ def pinned_outputs(cell) -> list:
         if out.output_type == "stream" and out.name == "stdout":
             kept.append(out)
         elif out.output_type == "execute_result" and "text/plain" in out.data:
+            rich = sorted(set(out.data) - {"text/plain"})
+            if rich:  # nbval compares every field a fresh run returns: HTML tables included
+                raise LabkitError(f"a checked cell returns {', '.join(rich)} besides text, which nbval "
+                                  f"would compare too; print() the value instead (cell: "
+                                  f"{cell.source.splitlines()[-1][:60]!r})")
             out.data = {"text/plain": out.data["text/plain"]}
             out.metadata = {}
             out.execution_count = None

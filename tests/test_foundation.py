@@ -193,3 +193,17 @@ def test_runner_measures_a_tiny_notebook(tmp_path):
     res = run_lab(bad, cell_timeout=60)
     assert res.status == "error" and "ZeroDivisionError" in res.detail
     assert json.dumps(res.as_dict())
+
+
+def test_pinning_refuses_a_checked_cell_that_returns_html():
+    import nbformat
+
+    from labkit.runner import CHECK_MARK, pinned_outputs
+
+    cell = nbformat.v4.new_code_cell(f"{CHECK_MARK}\ntable")
+    cell.outputs = [nbformat.v4.new_output("execute_result", data={"text/plain": "  a\n0 1",
+                                                                   "text/html": "<table/>"})]
+    with pytest.raises(LabkitError, match="text/html besides text.*print"):
+        pinned_outputs(cell)
+    cell.outputs = [nbformat.v4.new_output("execute_result", data={"text/plain": "0.5"})]
+    assert pinned_outputs(cell)[0].data == {"text/plain": "0.5"}

@@ -11,6 +11,7 @@ import html
 import math
 
 import ipywidgets as W
+import numpy as np
 import plotly.graph_objects as go
 
 from labkit.align.dpo import SWEEP_PANELS, beta_sweep_figure, nearest_beta, sweep_title
@@ -38,8 +39,11 @@ class BetaExplorer:
         lo, hi = math.log10(betas[0]), math.log10(betas[-1])
         start = betas[len(betas) // 2] if beta is None else float(nearest_beta(self.sweep,
                                                                                 beta)["beta"])
+        # A few key presses must reach the next trained beta (the slider snaps to them).
+        gaps = np.diff(np.log10(betas))
+        step = max(0.01, float(gaps.min()) / 4) if len(betas) > 1 else 0.01
         self.slider = W.FloatLogSlider(
-            value=start, base=10, min=lo, max=hi if hi > lo else lo + 1, step=0.01,
+            value=start, base=10, min=lo, max=hi if hi > lo else lo + 1, step=step,
             description="beta (unitless)", readout_format=".3g", continuous_update=True,
             style=_STYLE, layout=W.Layout(width="480px"))
         self.readout = W.HTML()

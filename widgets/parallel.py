@@ -32,6 +32,7 @@ from labkit.parallel.planner import (
 )
 
 _WIDE = {"description_width": "initial"}
+_WRAP = W.Layout(flex_flow="row wrap")  # rows of controls wrap instead of overflowing the cell
 
 
 def _error(message: str) -> str:
@@ -86,8 +87,8 @@ class PipelineBubbleExplorer(_Explorer):
             c.observe(self.update, names="value")
         self.widget = W.VBox(
             [
-                W.HBox([self.controls["stages"], self.controls["micro_batches"]]),
-                W.HBox([self.controls["schedule"], self.controls["chunks"]]),
+                W.HBox([self.controls["stages"], self.controls["micro_batches"]], layout=_WRAP),
+                W.HBox([self.controls["schedule"], self.controls["chunks"]], layout=_WRAP),
                 self.status,
                 self.figure,
             ]
@@ -220,14 +221,15 @@ class PlannerExplorer(_Explorer):
             [
                 W.HTML("<b>model</b>"),
                 W.HBox([c["model"]]),
-                W.HBox([c[n] for n in ("layers", "hidden", "heads", "kv_heads")]),
-                W.HBox([c[n] for n in ("ffn", "vocab", "seq")]),
+                W.HBox([c[n] for n in ("layers", "hidden", "heads", "kv_heads")], layout=_WRAP),
+                W.HBox([c[n] for n in ("ffn", "vocab", "seq")], layout=_WRAP),
                 W.HTML("<b>cluster</b>"),
-                W.HBox([c["gpus_per_node"], c["nodes"], c["gpu_memory_gb"]]),
+                W.HBox([c["gpus_per_node"], c["nodes"], c["gpu_memory_gb"]], layout=_WRAP),
                 W.HTML("<b>layout</b>"),
-                W.HBox([c["dp"], c["tp"], c["pp"], c["zero"]]),
+                W.HBox([c["dp"], c["tp"], c["pp"], c["zero"]], layout=_WRAP),
                 W.HBox(
-                    [c["micro_batch"], c["micro_batches"], c["recompute"], c["sequence_parallel"]]
+                    [c["micro_batch"], c["micro_batches"], c["recompute"], c["sequence_parallel"]],
+                    layout=_WRAP,
                 ),
                 self.suggest_button,
                 self.status,

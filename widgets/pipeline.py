@@ -48,8 +48,8 @@ from labkit.errors import LabkitError
 STEPS = ("language_filter", "gopher_repetition", "gopher_quality", "c4_filter",
          "fineweb_filter", "exact_dedup", "minhash_dedup", "quality_score_filter", "pii_scrub")
 EXTRACTORS = {"trafilatura": extract_main_text, "naive": naive_strip_tags}
-_STYLE = {"description_width": "230px"}
-_LAYOUT = W.Layout(width="470px")
+_STYLE = {"description_width": "260px"}  # the longest label, "MinHash bands x rows (112 hashes)", is 235 px
+_LAYOUT = W.Layout(width="500px")
 
 
 def _message(kind: str, text: str) -> str:
@@ -133,7 +133,7 @@ class PipelineExplorer:
                                           description="Gopher min stop words (count)",
                                           style=_STYLE, layout=_LAYOUT)
         self.min_alpha = W.FloatSlider(value=0.8, min=0.0, max=1.0, step=0.05,
-                                       description="Gopher min share of words with a letter (fraction)",
+                                       description="Gopher alpha share (fraction)",
                                        style=_STYLE, layout=_LAYOUT)
         options = band_options(self.num_perm)
         default = (settings.bands, settings.rows)
@@ -460,7 +460,7 @@ class PipelineExplorer:
                        self.min_stop_words, self.min_alpha, self.bands_rows,
                        self.edu_threshold])
         right = W.VBox([W.HTML("<b>steps</b>"), *self.toggles.values()])
-        return W.VBox([W.HBox([left, right]), self.message, self.figure,
+        return W.VBox([W.HBox([left, right], layout=W.Layout(flex_flow="row wrap")), self.message, self.figure,
                        W.HTML("<b>Each step against the crawl's labels</b>"), self.scores_html,
                        W.HTML("<b>What was dropped, and why (examples)</b>"),
                        self.examples_html])

@@ -303,7 +303,7 @@ class PrecisionExplorer:
     def widget(self) -> W.Widget:
         value_box = W.VBox([self.value_text, self.magnitude, self.negative])
         tensor_box = W.VBox([self.tensor, self.highlight])
-        return W.VBox([W.HBox([value_box, tensor_box]), self.message, self.bits_table,
+        return W.VBox([W.HBox([value_box, tensor_box], layout=W.Layout(flex_flow="row wrap")), self.message, self.bits_table,
                        self.figure, self.shares_table])
 
     def _repr_mimebundle_(self, **kwargs):

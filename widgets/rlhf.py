@@ -138,9 +138,11 @@ class LiveCurves:
         return on_row
 
     def widget(self):
-        return self.figure
+        # In a box, as every other explorer: JupyterLab shows a bare FigureWidget output
+        # without the widget-area wrapper the browser acceptance test looks for.
+        return W.VBox([self.figure])
 
     def _ipython_display_(self):
         from IPython.display import display
 
-        display(self.figure)
+        display(self.widget())

@@ -27,7 +27,7 @@ from labkit.schedules import (
     make_schedule,
 )
 
-_STYLE = {"description_width": "170px"}
+_STYLE = {"description_width": "200px"}  # "min LR (x peak; cosine, WSD)" is 192 px
 _LAYOUT = W.Layout(width="460px")
 COLOURS = dict(zip(SCHEDULE_NAMES, ("#7f7f7f", "#1f77b4", "#d62728", "#9467bd", "#2ca02c",
                                     "#ff7f0e", "#8c564b")))
@@ -113,6 +113,7 @@ class ScheduleExplorer:
             "info", "no run_fn given: curves only" if run_fn is None else
             "press the button to train with the selected schedules"))
         self.train_button.on_click(lambda _: self.train())
+        self.loss_slot = W.Box([])  # holds loss_figure after the first run
 
         for control in self.controls:
             control.observe(self.update, names="value")
@@ -195,6 +196,9 @@ class ScheduleExplorer:
                 trace.visible = hit is not None
                 if hit is not None:
                     trace.x, trace.y = (np.asarray(v) for v in hit)
+        # The loss figure joins the panel once a run exists: an empty plot says nothing.
+        if any(t.visible for t in self.loss_figure.data):
+            self.loss_slot.children = (self.loss_figure,)
 
     def _call(self, settings: dict, progress: Callable[[float], None]):
         params = inspect.signature(self.run_fn).parameters
@@ -244,8 +248,10 @@ class ScheduleExplorer:
     @cached_property
     def widget(self) -> W.Widget:
         panel = W.VBox([W.HBox([self.train_button, self.progress]), self.train_message,
-                        self.loss_figure])
-        return W.VBox([W.HBox([W.VBox(self.controls[:4]), W.VBox(self.controls[4:])]),
+                        self.loss_slot])
+        # Two columns where the cell is wide enough, one below the other where it is not.
+        return W.VBox([W.HBox([W.VBox(self.controls[:4]), W.VBox(self.controls[4:])],
+                              layout=W.Layout(flex_flow="row wrap")),
                        self.message, self.figure, panel])
 
     def _repr_mimebundle_(self, **kwargs):

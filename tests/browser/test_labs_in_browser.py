@@ -417,8 +417,19 @@ def test_make_lab_serves_the_labs(jupyter_tools, tmp_path, browser_results):
     row["cells"] = f"{len(LABS)} labs listed"
 
 
+# Labs that fail this test for a known reason not fixed yet: {lab stem: reason}. Marked xfail
+# (not strict), so the lab's row still shows in the summary table. Empty: every lab passes.
+KNOWN_FAILURES: dict[str, str] = {}
+
+
+def _lab_param(lab):
+    reason = KNOWN_FAILURES.get(lab.stem)
+    marks = [pytest.mark.xfail(reason=reason, strict=False)] if reason else []
+    return pytest.param(lab, marks=marks, id=lab.stem)
+
+
 @pytest.mark.browser
-@pytest.mark.parametrize("lab", LABS, ids=[p.stem for p in LABS])
+@pytest.mark.parametrize("lab", [_lab_param(lab) for lab in LABS])
 def test_lab_runs_in_jupyterlab(lab, jupyter_server, browser, screenshots_dir, browser_results):
     name = lab.name
     row = {"lab": lab.stem, "status": "failed", "cells": "", "figures": "", "widgets": "",

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 import platform
 import random
@@ -928,7 +927,7 @@ def build_dpo_adapter(out=None, steps: int | None = None, *, echo=print) -> dict
     preference accuracy is measured on every test pair for the SFT model and the DPO model."""
     from ..loaders import embedded_paths, load_adapter_model, load_records, load_tokenizer
     from ..samples import data_dir
-    from .sft import generate_answers
+    from .sft import generate_answers, save_adapter
 
     recipe = {**DPO_ADAPTER_RECIPE, **({"steps": steps} if steps else {})}
     if not embedded_paths()["sft"].exists():
@@ -970,11 +969,8 @@ def build_dpo_adapter(out=None, steps: int | None = None, *, echo=print) -> dict
                              for col in table.columns if col != "pairs"},
         "history": run.history.round(5).to_dict("records"), "samples": samples,
     }
-    target.mkdir(parents=True, exist_ok=True)
-    run.model.peft_config["default"].base_model_name_or_path = "labkit:sft-merged"
-    run.model.save_pretrained(target, safe_serialization=True)
-    (target / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
-    (target / "README.md").write_text(_adapter_card(metrics, table))
+    save_adapter(run.model, target, base="labkit:sft-merged", metrics=metrics,
+                 card=_adapter_card(metrics, table))
     acc = metrics["heldout_accuracy"]
     echo(f"dpo-adapter: final loss {metrics['final_loss']}, {metrics['wall_s']} s; held-out "
          f"likelihood accuracy SFT {acc['sft_likelihood']['all']:.3f} -> DPO "

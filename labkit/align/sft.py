@@ -695,18 +695,22 @@ def build_sft_adapter(out=None, *, steps: int | None = None, heldout: int | None
         "loss_curve": run.history[["step", "loss"]].to_dict("records"),
         "samples": samples.to_dict("records"),
     }
-    target.mkdir(parents=True, exist_ok=True)
-    run.model.save_pretrained(target, safe_serialization=True)
-    # The adapter config names the base by the path it was loaded from; keep no local path in it.
-    config_path = target / "adapter_config.json"
-    adapter_config = json.loads(config_path.read_text())
-    adapter_config["base_model_name_or_path"] = "labkit:base"
-    config_path.write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
-    (target / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
-    (target / "README.md").write_text(_adapter_card(metrics, samples))
+    save_adapter(run.model, target, base="labkit:base", metrics=metrics,
+                 card=_adapter_card(metrics, samples))
     shown = ("final_loss", "wall_s", "exact_match", "judge_ok")
     echo(f"sft-adapter: {json.dumps({k: metrics[k] for k in shown})}")
     return metrics
+
+
+def save_adapter(model, target: Path, *, base: str, metrics: dict, card: str) -> None:
+    """Write a shipped PEFT adapter: safetensors weights, a config that names the base by its
+    labkit name (the path it was loaded from is local to this machine), metrics.json and the
+    README model card. Used by the SFT and DPO adapters."""
+    target.mkdir(parents=True, exist_ok=True)
+    model.peft_config["default"].base_model_name_or_path = base
+    model.save_pretrained(target, safe_serialization=True)
+    (target / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
+    (target / "README.md").write_text(card)
 
 
 def _adapter_card(m: dict, samples: pd.DataFrame) -> str:

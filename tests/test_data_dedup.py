@@ -1,4 +1,5 @@
-"""Deduplication: normalisation, exact MinHash arithmetic, estimates, the LSH S-curve, clusters."""
+"""Deduplication: normalisation, exact MinHash arithmetic (both hash families), estimates, the LSH
+S-curve, clusters."""
 
 from __future__ import annotations
 
@@ -12,22 +13,26 @@ from labkit.data import (
     Accounting,
     Document,
     candidate_probability,
+    corpus_shingle_hashes,
     detection_by_similarity,
     estimated_jaccard,
     exact_dedup,
     jaccard,
     lsh_collides,
     minhash_dedup,
+    minhash_parameters,
     minhash_signatures,
+    multiply_shift_hash,
     mutate_words,
     near_duplicate_clusters,
     ngram_set,
     normalise_text,
     run_pipeline,
     s_curve_figure,
+    shingle_hashes,
     universal_hash,
 )
-from labkit.data.dedup import MERSENNE_61, _mod_p
+from labkit.data.dedup import _mod_p
 from labkit.errors import LabkitError
 
 P = (1 << 61) - 1
@@ -83,24 +88,64 @@ def test_universal_hash_at_the_edges():
     assert universal_hash(edges, a, b).tolist() == expected
 
 
-def test_signatures_shape_determinism_and_range():
+@settings(max_examples=100, deadline=None)
+@given(x=st.integers(0, 2**32 - 1), a=st.integers(0, 2**64 - 1), b=st.integers(0, 2**64 - 1))
+def test_multiply_shift_is_exact_mod_2_64(x, a, b):
+    got = multiply_shift_hash(*(np.array([v], np.uint64) for v in (x, a, b)))
+    assert int(got[0, 0]) == (a * x + b) % 2**64
+
+
+WORD = st.sampled_from(["a", "b", "cat", "dog", "the", "é", ""]).filter(bool)
+
+
+@settings(max_examples=100, deadline=None)
+@given(docs=st.lists(st.lists(WORD, max_size=12), max_size=8), n=st.integers(1, 6))
+def test_corpus_shingles_equal_each_document_alone(docs, n):
+    hashes, owner = corpus_shingle_hashes(docs, n)
+    assert owner.tolist() == [d for d, words in enumerate(docs)
+                              for _ in range(max(len(words) - n + 1, 1))]
+    expected = [shingle_hashes(words, n) for words in docs]
+    assert hashes.tolist() == (np.concatenate(expected).tolist() if docs else [])
+
+
+@pytest.mark.parametrize("family, bound", [("multiply_shift", 2**32), ("mersenne61", P)])
+def test_signatures_shape_determinism_and_range(family, bound):
     texts = ["the cat sat on the mat today", "", "one two"]
-    sig = minhash_signatures(texts, num_perm=16, seed=3)
-    assert sig.shape == (3, 16) and sig.dtype == np.uint64 and (sig < MERSENNE_61).all()
-    assert (sig == minhash_signatures(texts, num_perm=16, seed=3)).all()
-    assert not (sig == minhash_signatures(texts, num_perm=16, seed=4)).all()
+    sig = minhash_signatures(texts, num_perm=16, seed=3, family=family)
+    assert sig.shape == (3, 16) and sig.dtype == np.uint64 and (sig < np.uint64(bound)).all()
+    assert (sig == minhash_signatures(texts, num_perm=16, seed=3, family=family)).all()
+    assert not (sig == minhash_signatures(texts, num_perm=16, seed=4, family=family)).all()
     # the same text in other documents' company gets the same signature
-    assert (minhash_signatures(texts[:1], num_perm=16, seed=3)[0] == sig[0]).all()
+    assert (minhash_signatures(texts[:1], num_perm=16, seed=3, family=family)[0] == sig[0]).all()
     assert minhash_signatures([], num_perm=16).shape == (0, 16)
     docs = [Document(str(i), t) for i, t in enumerate(texts)]
-    assert (minhash_signatures(docs, num_perm=16, seed=3) == sig).all()
+    assert (minhash_signatures(docs, num_perm=16, seed=3, family=family) == sig).all()
     with pytest.raises(LabkitError, match="num_perm=0"):
         minhash_signatures(texts, num_perm=0)
 
 
-def test_signature_estimates_match_exact_jaccard_within_binomial_tolerance():
+def test_a_signature_entry_is_the_minimum_over_the_shingles():
+    words = normalise_text("the quick brown fox jumps over the lazy dog again and again").split()
+    x = shingle_hashes(words)
+    a, b = minhash_parameters(8, seed=5)
+    expected = [min(((int(ai) * (int(v) >> 32) + int(bi)) % 2**64) >> 32 for v in x)
+                for ai, bi in zip(a, b)]
+    assert minhash_signatures([" ".join(words)], num_perm=8, seed=5)[0].tolist() == expected
+    a, b = minhash_parameters(8, seed=5, family="mersenne61")
+    expected = [min((int(ai) * (int(v) % P) + int(bi)) % P for v in x) for ai, bi in zip(a, b)]
+    got = minhash_signatures([" ".join(words)], num_perm=8, seed=5, family="mersenne61")
+    assert got[0].tolist() == expected
+
+
+def test_unknown_hash_family_is_refused():
+    with pytest.raises(LabkitError, match="valid: multiply_shift, mersenne61"):
+        minhash_signatures(["some text"], family="sha1")
+
+
+@pytest.mark.parametrize("family", ["multiply_shift", "mersenne61"])
+def test_signature_estimates_match_exact_jaccard_within_binomial_tolerance(family):
     originals, copies, exact = planted_pairs(200, 0.12, seed=1)
-    sig = minhash_signatures(originals + copies)
+    sig = minhash_signatures(originals + copies, family=family)
     estimate = estimated_jaccard(sig[:200], sig[200:])
     sigma = np.sqrt(exact * (1 - exact) / 112)
     assert exact.min() < 0.3 and exact.max() > 0.95  # the pairs span the range
@@ -135,9 +180,10 @@ def test_candidate_probability_reference_values():
     assert candidate_probability(1.0) == 1.0 and candidate_probability(0.0) == 0.0
 
 
-def test_detection_per_bin_follows_the_s_curve():
+@pytest.mark.parametrize("family", ["multiply_shift", "mersenne61"])
+def test_detection_per_bin_follows_the_s_curve(family):
     originals, copies, exact = planted_pairs(600, 0.1, seed=3)
-    sig = minhash_signatures(originals + copies)
+    sig = minhash_signatures(originals + copies, family=family)
     detected = lsh_collides(sig[:600], sig[600:], bands=14, rows=8)
     table = detection_by_similarity(exact, detected, bins=np.linspace(0.4, 1.0, 13))
     assert table["pairs"].sum() == (exact >= 0.4).sum() and len(table) >= 10

@@ -15,7 +15,9 @@ from .bpe import (
     train_hf_bpe,
 )
 from .dedup import (
+    HASH_FAMILIES,
     candidate_probability,
+    corpus_shingle_hashes,
     detection_by_similarity,
     estimated_jaccard,
     exact_dedup,
@@ -24,11 +26,13 @@ from .dedup import (
     minhash_dedup,
     minhash_parameters,
     minhash_signatures,
+    multiply_shift_hash,
     mutate_words,
     near_duplicate_clusters,
     ngram_set,
     normalise_text,
     s_curve_figure,
+    shingle_hashes,
     universal_hash,
 )
 from .document import (
@@ -77,14 +81,14 @@ SETTINGS = {
 
 __all__ = [
     "GPT2_PATTERN", "GPT4_PATTERN", "SETTINGS", "Accounting", "BPETokenizer", "Document",
-    "batch_step", "bytes_per_token", "c4_clean", "c4_filter", "candidate_probability",
-    "decode_html", "detect_language", "detection_by_similarity", "estimated_jaccard", "exact_dedup",
+    "HASH_FAMILIES", "batch_step", "bytes_per_token", "c4_clean", "c4_filter", "candidate_probability",
+    "corpus_shingle_hashes", "decode_html", "detect_language", "detection_by_similarity", "estimated_jaccard", "exact_dedup",
     "extract", "extract_main_text", "fineweb_filter", "fineweb_reason", "fit_quality_scorer",
     "funnel_figure", "gopher_quality", "gopher_quality_reason", "gopher_repetition",
     "gopher_repetition_reason", "jaccard", "keep_if", "language_filter", "lsh_collides",
-    "minhash_dedup", "minhash_parameters", "minhash_signatures", "mutate_words", "naive_strip_tags",
+    "minhash_dedup", "minhash_parameters", "minhash_signatures", "multiply_shift_hash", "mutate_words", "naive_strip_tags",
     "naive_train_bpe", "near_duplicate_clusters", "ngram_set", "normalise_text", "pii_scrub",
     "precision_recall", "predict_scores", "quality_score_filter", "read_warc", "run_pipeline",
-    "s_curve_figure", "scrub_pii", "split_chunks", "step_name", "train_bpe", "train_hf_bpe",
+    "s_curve_figure", "scrub_pii", "shingle_hashes", "split_chunks", "step_name", "train_bpe", "train_hf_bpe",
     "universal_hash", "write_warc",
 ]

@@ -1,8 +1,9 @@
 """Deduplication: exact (hash of normalised text) and near-duplicate (MinHash + LSH).
 
 MinHash as FineWeb does it: normalise the text, take word 5-grams ("shingles"), hash each to 64
-bits, and for each of 112 universal hash functions h(x) = (a*x + b) mod (2^61 - 1) keep the
-minimum over the document's shingles. Two documents agree on one minimum with probability equal
+bits, and for each of 112 random hash functions keep the minimum over the document's shingles
+(FineWeb's functions are h(x) = (a*x + b) mod (2^61 - 1); the default here is the cheaper
+multiply-shift family, see HASH_FAMILIES). Two documents agree on one minimum with probability equal
 to the Jaccard similarity of their shingle sets. LSH cuts the 112 minima into 14 bands of 8:
 documents that agree on a whole band collide in that band's bucket, and colliding documents are
 joined into clusters with union-find; one document per cluster is kept.
@@ -70,6 +71,17 @@ def exact_dedup(docs: Iterable[Document], accounting: Accounting) -> Iterator[Do
 
 
 # ------------------------------------------------------------------------------- MinHash
+# Two hash families, both 2-independent (pairwise independent), which is what min-wise hashing
+# of already-hashed shingles needs in practice:
+#   "multiply_shift" (the default): h(x) = ((a*x + b) mod 2^64) >> 32 for 32-bit keys x and
+#       uniform 64-bit a, b (Dietzfelbinger 1996; strongly universal). uint64 arithmetic wraps
+#       mod 2^64 by itself, so it is exact in numpy at 2 passes over the data.
+#   "mersenne61" (FineWeb/datatrove's formula): h(x) = (a*x + b) mod (2^61 - 1). a*x needs up
+#       to 122 bits; datatrove and datasketch multiply in uint64 and so silently wrap; here it
+#       is exact, which costs about 15 passes.
+HASH_FAMILIES = ("multiply_shift", "mersenne61")
+
+
 def _mod_p(v: np.ndarray) -> np.ndarray:
     """v mod p for any uint64 v, using 2^61 = 1 (mod p): fold the high bits onto the low ones."""
     folded = (v & MERSENNE_61) + (v >> np.uint64(61))  # now below 2p
@@ -101,61 +113,120 @@ def universal_hash(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return _mod_p(total)
 
 
-def minhash_parameters(num_perm: int = 112, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """The (a, b) of each hash function: a in [1, p), b in [0, p)."""
+def multiply_shift_hash(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(a*x + b) mod 2^64 for 32-bit keys x (n,) and 64-bit a, b (k,): result (n, k).
+
+    The hash is the top 32 bits (>> 32). Those are monotone in the full value, so the minimum
+    can be taken on the full 64 bits and shifted once, per signature entry, at the end.
+    """
+    products = x[:, None] * a  # wraps mod 2^64: that is the definition, not an overflow
+    products += b
+    return products
+
+
+def minhash_parameters(
+    num_perm: int = 112, seed: int = 1, family: str = "multiply_shift"
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (a, b) of each hash function: uniform 64-bit for multiply_shift; for mersenne61,
+    a in [1, p) and b in [0, p)."""
+    _check_family(family)
     rng = np.random.default_rng(seed)
+    if family == "multiply_shift":
+        top = np.iinfo(np.uint64).max
+        a = rng.integers(0, top, size=num_perm, dtype=np.uint64, endpoint=True)
+        return a, rng.integers(0, top, size=num_perm, dtype=np.uint64, endpoint=True)
     a = rng.integers(1, MERSENNE_61, size=num_perm, dtype=np.uint64)
     return a, rng.integers(0, MERSENNE_61, size=num_perm, dtype=np.uint64)
+
+
+def _check_family(family: str) -> None:
+    if family not in HASH_FAMILIES:
+        raise LabkitError(f"hash family {family!r}; valid: {', '.join(HASH_FAMILIES)}")
 
 
 def _word_hash(word: str) -> int:
     return int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
 
 
+def _word_hashes(words: list[str], cache: dict) -> np.ndarray:
+    for word in set(words).difference(cache):
+        cache[word] = _word_hash(word)
+    return np.fromiter(map(cache.__getitem__, words), dtype=np.uint64, count=len(words))
+
+
 def shingle_hashes(words: list[str], n: int = 5, cache: dict | None = None) -> np.ndarray:
-    """A 64-bit hash (reduced mod p) per word n-gram, all n-grams at once.
+    """A 64-bit hash per word n-gram of one document (one n-gram of all words if it has fewer).
 
     Each word is hashed once (blake2b, cached); an n-gram's hash combines its word hashes as a
     polynomial, x = (...(h0*M + h1)*M + ...)*M + h(n-1) mod 2^64, computed for every position.
     """
-    cache = {} if cache is None else cache
-    for word in set(words).difference(cache):
-        cache[word] = _word_hash(word)
-    h = np.fromiter(map(cache.__getitem__, words), dtype=np.uint64, count=len(words))
+    h = _word_hashes(words, {} if cache is None else cache)
     m = max(len(words) - n + 1, 1)
     x = np.zeros(m, dtype=np.uint64)
     for k in range(min(n, len(words))):
         x = x * _SHINGLE_MULTIPLIER + h[k:k + m]  # uint64 arithmetic wraps: mod 2^64
-    return _mod_p(x)
+    return x
+
+
+def corpus_shingle_hashes(
+    word_lists: list[list[str]], n: int = 5, cache: dict | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """shingle_hashes of every document at once: (hashes, owner), owner = document index.
+
+    The polynomial runs over all documents' words concatenated; only the n-grams that start
+    and end inside one document are kept. Documents shorter than n words are done one by one.
+    """
+    cache = {} if cache is None else cache
+    lengths = np.array([len(w) for w in word_lists], dtype=np.int64)
+    h = _word_hashes([w for words in word_lists for w in words], cache)
+    x = np.zeros(len(h), dtype=np.uint64)
+    padded = np.concatenate([h, np.zeros(n - 1, dtype=np.uint64)])
+    for k in range(n):
+        x *= _SHINGLE_MULTIPLIER
+        x += padded[k:k + len(h)]
+    counts = np.maximum(lengths - n + 1, 1)  # every document has at least one shingle
+    owner = np.repeat(np.arange(len(lengths)), counts)
+    first = np.cumsum(counts) - counts  # index of each document's first shingle in the result
+    starts = np.cumsum(lengths) - lengths  # index of each document's first word in x
+    positions = np.arange(counts.sum()) - first[owner] + starts[owner]
+    hashes = x[np.minimum(positions, len(x) - 1)] if len(x) else np.zeros(len(owner), np.uint64)
+    for d in np.flatnonzero(lengths < n):
+        hashes[first[d]] = shingle_hashes(word_lists[d], n, cache)[0]
+    return hashes, owner
 
 
 def minhash_signatures(
     texts: Iterable[str | Document], num_perm: int = 112, seed: int = 1, n: int = 5,
-    block: int = 256,
+    block: int = 1024, family: str = "multiply_shift",
 ) -> np.ndarray:
     """(documents, num_perm) uint64: each hash function's minimum over each text's shingles.
 
-    Shingles of all texts are hashed together in blocks of `block` (small enough to stay in
-    the CPU cache); np.minimum.reduceat takes the minimum per document within a block.
+    Shingles of all texts are hashed together in blocks of `block` rows (small enough to stay
+    in the CPU cache); np.minimum.reduceat takes the minimum per document within a block.
+    multiply_shift keys are the shingle hashes' top 32 bits and its values 32-bit; mersenne61
+    keys are the shingle hashes mod p and its values below p.
     """
     for name, value in (("num_perm", num_perm), ("n", n), ("block", block)):
         if not isinstance(value, int) or value < 1:
             raise LabkitError(f"{name}={value!r}; valid: a positive integer")
-    a, b = minhash_parameters(num_perm, seed)
-    cache: dict[str, int] = {}
-    texts = (t.text if isinstance(t, Document) else t for t in texts)
-    shingles = [shingle_hashes(normalise_text(t).split(), n, cache) for t in texts]
-    if not shingles:
+    a, b = minhash_parameters(num_perm, seed, family)
+    texts = [t.text if isinstance(t, Document) else t for t in texts]
+    if not texts:
         return np.empty((0, num_perm), dtype=np.uint64)
-    x = np.concatenate(shingles)
-    owner = np.repeat(np.arange(len(shingles)), [len(s) for s in shingles])
-    signatures = np.full((len(shingles), num_perm), MERSENNE_61, dtype=np.uint64)
+    x, owner = corpus_shingle_hashes([normalise_text(t).split() for t in texts], n)
+    if family == "multiply_shift":
+        x, permute, empty = x >> np.uint64(32), multiply_shift_hash, np.iinfo(np.uint64).max
+    else:
+        x, permute, empty = _mod_p(x), universal_hash, MERSENNE_61
+    signatures = np.full((len(texts), num_perm), empty, dtype=np.uint64)
     for start in range(0, len(x), block):
-        hashed = universal_hash(x[start:start + block], a, b)
+        hashed = permute(x[start:start + block], a, b)
         owners = owner[start:start + block]
         firsts = np.flatnonzero(np.diff(owners, prepend=-1))  # where each document's run starts
         ids = owners[firsts]
         signatures[ids] = np.minimum(signatures[ids], np.minimum.reduceat(hashed, firsts, axis=0))
+    if family == "multiply_shift":
+        signatures >>= np.uint64(32)
     return signatures
 
 
@@ -212,11 +283,12 @@ def minhash_dedup(
     rows: int = 8,
     seed: int = 1,
     n: int = 5,
+    family: str = "multiply_shift",
 ) -> Iterator[Document]:
     """Keep the first document of each near-duplicate cluster (FineWeb: 5-grams, 14 x 8)."""
     _check_bands(num_perm, bands, rows)
     docs = list(docs)
-    signatures = minhash_signatures((d.text for d in docs), num_perm, seed, n)
+    signatures = minhash_signatures((d.text for d in docs), num_perm, seed, n, family=family)
     roots = near_duplicate_clusters(signatures, bands, rows)
     for i, doc in enumerate(docs):
         if roots[i] == i:

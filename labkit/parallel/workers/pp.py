@@ -115,7 +115,12 @@ def train_pipelined(name: str, args, ctx) -> dict:
         mb_losses = [] if is_last else None
         opt.zero_grad()
         dist.barrier()
-        clock[0] = time.perf_counter()
+        # One time origin for every rank: perf_counter reads the machine's monotonic clock, the
+        # same in every process, but ranks leave the barrier at different moments (ms apart on
+        # a busy machine), so each rank's own "now" would shift its timeline against the others
+        origin = torch.tensor([time.perf_counter()], dtype=torch.float64, device=ctx.device)
+        dist.all_reduce(origin, op=dist.ReduceOp.MIN)
+        clock[0] = origin.item()
         schedule.step(  # contiguous: torch <= 2.11 checks micro-batch strides against stage 0's
             *([ids[:, :-1].contiguous()] if is_first else []),
             target=ids[:, 1:].contiguous() if is_last else None,

@@ -10,10 +10,12 @@ import torch
 from labkit.errors import LabkitError
 from labkit.models import ModelShape, build_causal_lm
 from labkit.quant.apply import quantize_model
+from labkit.quant.awq import awq_search
 from labkit.quant.gptq import (
     InputStats,
     calibration_batches,
     capture_input_stats,
+    decoder_blocks,
     dequantize_result,
     gptq_quantize_model,
     gptq_quantize_weight,
@@ -21,6 +23,7 @@ from labkit.quant.gptq import (
     linear_layers,
     output_error,
     rtn_quantize_weight,
+    sequential_quantize,
 )
 from labkit.quant.schemes import level_range
 
@@ -177,3 +180,39 @@ def test_bad_input():
         _ = InputStats(4).hessian
     with pytest.raises(LabkitError, match="group_size=48"):
         gptq_quantize_model(random_llama(), torch.zeros(1, 4, dtype=torch.long), group_size=48)
+
+
+@pytest.mark.parametrize("quantizer", ["gptq", "awq"])
+def test_blockwise_calibration_equals_running_the_whole_model_per_layer(quantizer):
+    """Cached block inputs, and one capture for layers fed the same tensor (q, k, v; gate, up),
+    give bit for bit the weights of capturing every layer's inputs from the embeddings up."""
+    model = random_llama()
+    calib = torch.randint(0, 256, (6, 24), generator=torch.Generator().manual_seed(3))
+    seen = {True: [], False: []}
+
+    def run(blockwise):
+        def quantize_layer(name, layer, stats):
+            seen[blockwise].append((name, stats.n_tokens))
+            if quantizer == "awq":
+                return awq_search(layer.weight.detach(), stats, 3, None).weight
+            return gptq_quantize_weight(layer.weight.detach().float(), stats.hessian, 3).weight
+
+        q = copy.deepcopy(model)
+        sequential_quantize(q, calib, quantize_layer, batch_size=4, blockwise=blockwise)
+        return q
+
+    fast, slow = run(True), run(False)
+    assert seen[True] == seen[False] and len(seen[True]) == 14
+    assert all(n == 6 * 24 for _, n in seen[True])
+    for name in linear_layers(model):
+        assert torch.equal(fast.get_submodule(name).weight, slow.get_submodule(name).weight), name
+    assert decoder_blocks(model)[0] == "model.layers"
+
+
+def test_layers_outside_the_blocks_fall_back_to_whole_model_capture():
+    model = random_llama()
+    calib = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(4))
+    names = []
+    sequential_quantize(model, calib, lambda n, layer, s: names.append(n) or layer.weight.detach(),
+                        include_lm_head=True)
+    assert names[-1] == "lm_head" and len(names) == 15

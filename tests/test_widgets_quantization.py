@@ -17,6 +17,7 @@ from labkit.evaluation import perplexity
 from labkit.loaders import load_tokenizer
 from labkit.models import ModelShape, build_causal_lm
 from labkit.quant import QuantLinear, kv_cache_bytes, quantize_model, stored_bytes
+from labkit.quant.tradeoff import gap_ratio, quantization_damage
 from widgets.quantization import (
     FLOOR_PCT,
     GROUP_SIZES,
@@ -310,3 +311,36 @@ def test_only_the_pareto_front_is_labelled():
     assert labels[4.0] == "" and labels[3.85] == "rtn 4b"
     assert 4.0 not in list(e.figure.data[1].x)
     assert list(e.figure.data[2].x) == [4.0]  # still selectable and highlighted
+
+
+def test_quantization_damage_is_the_perplexity_gap_token_by_token(bench, tok):
+    q = dequantized_copy(bench.model, quantize_model(bench.model, "rtn", 3, None))
+    long_text = " ".join(TEXTS) * 3  # longer than the model's 64 positions: several windows
+    texts = [*TEXTS, long_text]
+    damage = quantization_damage(bench.model, {"rtn 3b": q, "same": bench.model}, tok, texts)
+    d = damage["rtn 3b"]
+    n_tokens = sum(len(tok(t)["input_ids"]) for t in texts)
+    assert len(d["nll"]) == len(d["extra_nll"]) == len(d["kl"]) == n_tokens
+    ref, quant = perplexity(bench.model, tok, texts), perplexity(q, tok, texts)
+    assert d["nll"].mean() == pytest.approx(quant.mean_nll, abs=1e-6)
+    assert d["extra_nll"].mean() == pytest.approx(quant.mean_nll - ref.mean_nll, abs=1e-6)
+    assert (d["kl"] >= -1e-6).all() and d["kl"].mean() > 1e-4
+    assert np.abs(damage["same"]["extra_nll"]).max() == 0 and np.abs(damage["same"]["kl"]).max() < 1e-6
+    with pytest.raises(LabkitError, match="non-empty"):
+        quantization_damage(bench.model, {"q": q}, tok, [])
+
+
+def test_gap_ratio_and_its_paired_error():
+    rtn = {"extra_nll": np.array([0.4, 0.0, 0.2, 0.2]), "kl": np.array([0.2, 0.2, 0.2, 0.2])}
+    gptq = {"extra_nll": np.array([0.1, 0.1, 0.1, 0.1]), "kl": np.array([0.1, 0.1, 0.0, 0.0])}
+    r = gap_ratio({"gptq": gptq, "rtn": rtn}, "gptq", "rtn")
+    assert r["ratio"] == pytest.approx(0.5) and r["kl_ratio"] == pytest.approx(0.25)
+    diff = gptq["extra_nll"] - rtn["extra_nll"]
+    assert r["difference"] == pytest.approx(-0.1)
+    assert r["difference_se"] == pytest.approx(diff.std(ddof=1) / 2)
+
+
+def test_awq_can_use_fewer_calibration_sequences(bench):
+    few = TradeoffBench(bench.model, bench.tokenizer, TEXTS, ITEMS, bench.calib, awq_samples=2)
+    assert few._calib_for("awq").shape[0] == 2 and few._calib_for("gptq").shape[0] == 4
+    assert few._calib_for("rtn") is None and bench._calib_for("awq").shape[0] == 4

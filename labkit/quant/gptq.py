@@ -58,9 +58,10 @@ class InputStats:
         self.n_tokens = 0
 
     def add(self, x: torch.Tensor) -> None:
-        x = x.detach().reshape(-1, x.shape[-1]).double().cpu()
-        self.xtx += x.t() @ x
-        self.abs_sum += x.abs().sum(dim=0)
+        x = x.detach().reshape(-1, x.shape[-1]).float()
+        # one batch's sums in float32 (as GPTQ's reference code), the running total in float64
+        self.xtx += (x.t() @ x).double().cpu()
+        self.abs_sum += x.abs().sum(dim=0).double().cpu()
         self.n_tokens += x.shape[0]
 
     @property
@@ -277,6 +278,102 @@ def _device_of(model: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
+def decoder_blocks(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
+    """The model's stack of transformer blocks and its path (HF decoder layouts), if any."""
+    for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
+        try:
+            blocks = model.get_submodule(path)
+        except AttributeError:
+            continue
+        if isinstance(blocks, nn.ModuleList) and len(blocks):
+            return path, blocks
+    return None
+
+
+@torch.no_grad()
+def _first_block_inputs(model: nn.Module, block: nn.Module, batches) -> list[tuple]:
+    """(args, kwargs) of the first block's call for each calibration batch, without a KV cache.
+
+    The hidden states and the extras the model computes once (rotary position embeddings, the
+    attention mask) are kept, so each block can be re-run on its own.
+    """
+    captured = []
+
+    def hook(module, args, kwargs):
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "past_key_value")}
+        captured.append((args, {**kwargs, "use_cache": False}))
+        raise _StopForward
+
+    handle = block.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for batch in batches:
+            try:
+                model(batch.to(_device_of(model)), use_cache=False)
+            except _StopForward:
+                pass
+    finally:
+        handle.remove()
+    return captured
+
+
+@torch.no_grad()
+def _shared_input_group(block, layers, names, inputs) -> tuple[list[str], InputStats]:
+    """Run the block on its cached inputs up to names[0]; collect its inputs' statistics, and
+    take along the layers right after it that are fed the very same tensor (q, k and v read one
+    normalised hidden state, gate and up another). Their inputs cannot depend on each other's
+    weights, so one capture serves the whole group exactly."""
+    stats, group, state = InputStats(layers[names[0]].in_features), [], {}
+
+    def hook(module, args, name):
+        x = args[0]
+        if "x" not in state:  # names[0], always the first of them the forward pass reaches
+            state["x"] = x
+            stats.add(x)
+        elif x is not state["x"] or (state["batch"] > 0 and name not in group):
+            raise _StopForward
+        if state["batch"] == 0:
+            group.append(name)
+
+    handles = [layers[n].register_forward_pre_hook(lambda m, a, n=n: hook(m, a, n)) for n in names]
+    try:
+        for k, (args, kwargs) in enumerate(inputs):
+            state.clear()
+            state["batch"] = k
+            try:
+                block(*args, **kwargs)
+            except _StopForward:
+                pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return group, stats
+
+
+def _blockwise_quantize(model, batches, layers, quantize_layer, progress, path, blocks) -> None:
+    """sequential_quantize, one block at a time: each block's inputs are computed once and
+    cached, so the calibration text runs through the model about once instead of once per
+    layer (GPTQ's reference implementation does the same). Same inputs, same result."""
+    inputs = _first_block_inputs(model, blocks[0], batches)
+    done = 0
+    for i, block in enumerate(blocks):
+        remaining = [n for n in layers if n.startswith(f"{path}.{i}.")]
+        while remaining:
+            group, stats = _shared_input_group(block, layers, remaining, inputs)
+            for name in group:
+                w_hat = quantize_layer(name, layers[name], stats)
+                layers[name].weight.data.copy_(w_hat.to(layers[name].weight.dtype))
+                done += 1
+                if progress is not None:
+                    progress(done, len(layers), name)
+            remaining = [n for n in remaining if n not in group]
+        if i == len(blocks) - 1:
+            break  # the last block's outputs feed no layer that is quantized
+        with torch.no_grad():
+            outputs = [block(*args, **kwargs) for args, kwargs in inputs]
+        inputs = [((out[0] if isinstance(out, tuple) else out,) + tuple(args[1:]), kwargs)
+                  for out, (args, kwargs) in zip(outputs, inputs)]
+
+
 def sequential_quantize(
     model: nn.Module,
     calib,
@@ -284,17 +381,29 @@ def sequential_quantize(
     include_lm_head: bool = False,
     batch_size: int = 8,
     progress: Callable[[int, int, str], None] | None = None,
+    blockwise: bool = True,
 ) -> None:
     """For each linear layer in forward order: capture its inputs, quantize, write back.
 
     `quantize_layer(name, layer, stats)` returns the dequantized weight; it replaces the layer's
     weight in place, so the next layer's inputs already carry this layer's quantization error.
+    With `blockwise` (and a model whose linear layers all sit in its transformer blocks), block
+    inputs are cached; otherwise the calibration batches run from the embeddings to each layer.
     """
     batches = calibration_batches(calib, batch_size)
     was_training = model.training
     model.eval()
     layers = linear_layers(model, include_lm_head)
+    found = decoder_blocks(model) if blockwise else None
+    if found is not None:
+        path, blocks = found
+        inside = {n for n in layers for i in range(len(blocks)) if n.startswith(f"{path}.{i}.")}
+        if inside != set(layers) or not isinstance(batches[0], torch.Tensor):
+            found = None
     try:
+        if found is not None:
+            _blockwise_quantize(model, batches, layers, quantize_layer, progress, *found)
+            return
         for k, (name, layer) in enumerate(layers.items()):
             stats = capture_input_stats(model, layer, batches)
             w_hat = quantize_layer(name, layer, stats)

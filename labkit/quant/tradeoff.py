@@ -18,7 +18,7 @@ from torch import nn
 
 from ..errors import LabkitError
 from ..evaluation.multiple_choice import score_items
-from ..evaluation.perplexity import perplexity
+from ..evaluation.perplexity import model_max_length, perplexity, prefix_token_id
 from .apply import QuantLinear, quantize_model, stored_bytes
 from .gptq import linear_layers
 from .nf4 import BLOCKSIZES
@@ -169,7 +169,8 @@ class TradeoffBench:
 
     texts: held-out documents (perplexity, each document scored on its own); items: knowledge
     test questions (accuracy by log-likelihood); calib: token ids (n, seq_len) for GPTQ/AWQ;
-    latency_tokens: tokens generated to time decoding.
+    awq_samples: how many of those sequences AWQ uses (None: all; the AWQ paper finds 16
+    enough where GPTQ wants 128 or more); latency_tokens: tokens generated to time decoding.
     """
 
     model: nn.Module
@@ -181,9 +182,15 @@ class TradeoffBench:
     damp: float = 0.01
     device: str = "cpu"
     keep_models: bool = False  # keep each quantized model in .models (key -> model)
+    awq_samples: int | None = None
 
     def __post_init__(self):
         self.models: dict[tuple, nn.Module] = {}
+
+    def _calib_for(self, scheme: str):
+        if scheme not in CALIBRATED:
+            return None
+        return self.calib[: self.awq_samples] if scheme == "awq" else self.calib
 
     @property
     def in_features(self) -> list[int]:
@@ -205,7 +212,7 @@ class TradeoffBench:
             else:
                 quantized = quantize_model(
                     self.model, scheme, bits, group_size,
-                    self.calib if scheme in CALIBRATED else None, damp=self.damp,
+                    self._calib_for(scheme), damp=self.damp,
                     progress=lambda k, n, name: report(0.4 * k / n, f"{scheme}: {name}"))
                 # LLM.int8 rounds activations too: only the quantized model itself computes it
                 evaluated = (quantized if scheme == "llm_int8"
@@ -250,6 +257,64 @@ def tradeoff_table(rows: Iterable[Mapping]) -> pd.DataFrame:
     if missing:
         raise LabkitError(f"trade-off rows lack columns {missing}; each needs {COLUMNS}")
     return df[COLUMNS].sort_values(["size_mb", "perplexity"]).reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Damage, token by token: the perplexity gap with its error bar, and the KL divergence
+
+
+@torch.no_grad()
+def quantization_damage(reference: nn.Module, models: Mapping[str, nn.Module], tokenizer,
+                        texts: Sequence[str], batch_size: int = 8) -> dict[str, dict]:
+    """For each model and each scored token of `texts`: its NLL (nats), the extra NLL over
+    `reference` (its mean is the log of the perplexity ratio) and KL(reference || model) of the
+    next-token distributions. {name: {"nll", "extra_nll", "kl": array}}, tokens in one order.
+
+    Texts are scored as perplexity() scores them (a prefix token, then windows of the model's
+    length), right-padded in batches: a causal model never looks right, so padding is exact.
+    """
+    if not texts or not all(isinstance(t, str) and t for t in texts):
+        raise LabkitError("texts must be a non-empty list of non-empty strings")
+    window, prefix = model_max_length(reference), prefix_token_id(tokenizer)
+    pieces = []
+    for text in texts:
+        ids = [prefix] + tokenizer(text)["input_ids"]
+        pieces += [ids[b:b + window + 1] for b in range(0, len(ids) - 1, window)]
+    device = _device_of(reference)
+    out = {name: {key: [None] * len(pieces) for key in ("nll", "extra_nll", "kl")}
+           for name in models}
+    order = sorted(range(len(pieces)), key=lambda i: len(pieces[i]))  # batches of equal lengths
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        width = max(len(pieces[i]) for i in batch) - 1
+        inputs = torch.tensor([pieces[i][:-1] + [prefix] * (width + 1 - len(pieces[i]))
+                               for i in batch], device=device)
+        ref = torch.log_softmax(reference(inputs).logits.float(), dim=-1)
+        for name, model in models.items():
+            logp = torch.log_softmax(model(inputs).logits.float(), dim=-1)
+            for row, i in enumerate(batch):
+                target = torch.tensor(pieces[i][1:], device=device)[:, None]
+                r, q = ref[row, :len(target)], logp[row, :len(target)]
+                out[name]["nll"][i] = -q.gather(1, target)[:, 0]
+                out[name]["extra_nll"][i] = r.gather(1, target)[:, 0] + out[name]["nll"][i]
+                out[name]["kl"][i] = (r.exp() * (r - q)).sum(-1)
+    return {name: {k: torch.cat(v).double().cpu().numpy() for k, v in d.items()}
+            for name, d in out.items()}
+
+
+def gap_ratio(damage: Mapping[str, Mapping], better: str, baseline: str) -> dict:
+    """better's perplexity gap (mean extra NLL) over baseline's, and the paired difference of
+    the two with its standard error over tokens (the ratio's uncertainty, in nats)."""
+    a, b = damage[better]["extra_nll"], damage[baseline]["extra_nll"]
+    diff = a - b
+    return {"ratio": a.mean() / b.mean(), "difference": diff.mean(),
+            "difference_se": diff.std(ddof=1) / np.sqrt(len(diff)),
+            "kl_ratio": damage[better]["kl"].mean() / damage[baseline]["kl"].mean()}
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -18,9 +18,14 @@ from torch import nn
 
 from ..errors import LabkitError
 from ..evaluation.multiple_choice import score_items
-from ..evaluation.perplexity import model_max_length, perplexity, prefix_token_id
+from ..evaluation.perplexity import (
+    disjoint_windows,
+    model_max_length,
+    perplexity,
+    prefix_token_id,
+)
 from .apply import QuantLinear, quantize_model, stored_bytes
-from .gptq import linear_layers
+from .gptq import _device_of, linear_layers
 from .nf4 import BLOCKSIZES
 
 FP32 = "fp32"
@@ -276,10 +281,10 @@ def quantization_damage(reference: nn.Module, models: Mapping[str, nn.Module], t
     if not texts or not all(isinstance(t, str) and t for t in texts):
         raise LabkitError("texts must be a non-empty list of non-empty strings")
     window, prefix = model_max_length(reference), prefix_token_id(tokenizer)
-    pieces = []
+    pieces = []  # each window's stream slice: input piece[:-1] predicts piece[1:]
     for text in texts:
-        ids = [prefix] + tokenizer(text)["input_ids"]
-        pieces += [ids[b:b + window + 1] for b in range(0, len(ids) - 1, window)]
+        stream = [prefix, *tokenizer(text, add_special_tokens=False)["input_ids"]]
+        pieces += [stream[b:e + 1] for b, e, _ in disjoint_windows(len(stream) - 1, window)]
     device = _device_of(reference)
     out = {name: {key: [None] * len(pieces) for key in ("nll", "extra_nll", "kl")}
            for name in models}
@@ -289,15 +294,19 @@ def quantization_damage(reference: nn.Module, models: Mapping[str, nn.Module], t
         width = max(len(pieces[i]) for i in batch) - 1
         inputs = torch.tensor([pieces[i][:-1] + [prefix] * (width + 1 - len(pieces[i]))
                                for i in batch], device=device)
+        targets = [torch.tensor(pieces[i][1:], device=device)[:, None] for i in batch]
         ref = torch.log_softmax(reference(inputs).logits.float(), dim=-1)
+        # the reference's side of every row, once for all models
+        refs = [(ref[row, :len(t)], -ref[row, :len(t)].gather(1, t)[:, 0], ref[row, :len(t)].exp())
+                for row, t in enumerate(targets)]
         for name, model in models.items():
             logp = torch.log_softmax(model(inputs).logits.float(), dim=-1)
-            for row, i in enumerate(batch):
-                target = torch.tensor(pieces[i][1:], device=device)[:, None]
-                r, q = ref[row, :len(target)], logp[row, :len(target)]
-                out[name]["nll"][i] = -q.gather(1, target)[:, 0]
-                out[name]["extra_nll"][i] = r.gather(1, target)[:, 0] + out[name]["nll"][i]
-                out[name]["kl"][i] = (r.exp() * (r - q)).sum(-1)
+            for row, (i, target) in enumerate(zip(batch, targets)):
+                r, r_nll, r_prob = refs[row]
+                q = logp[row, :len(target)]
+                nll = -q.gather(1, target)[:, 0]
+                out[name]["nll"][i], out[name]["extra_nll"][i] = nll, nll - r_nll
+                out[name]["kl"][i] = (r_prob * (r - q)).sum(-1)
     return {name: {k: torch.cat(v).double().cpu().numpy() for k, v in d.items()}
             for name, d in out.items()}
 
@@ -310,11 +319,6 @@ def gap_ratio(damage: Mapping[str, Mapping], better: str, baseline: str) -> dict
     return {"ratio": a.mean() / b.mean(), "difference": diff.mean(),
             "difference_se": diff.std(ddof=1) / np.sqrt(len(diff)),
             "kl_ratio": damage[better]["kl"].mean() / damage[baseline]["kl"].mean()}
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
 
 
 # ----------------------------------------------------------------------------------------------

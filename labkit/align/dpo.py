@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from ..errors import LabkitError
 from ..models import count_parameters
 from .preference_losses import dpo_loss, hinge_loss, ipo_loss, kto_loss, orpo_loss, simpo_loss
-from .sft import _PeakMemory, _quiet_datasets, _training_state_mib, lora_config
+from .sft import END_TOKEN, _PeakMemory, _quiet_datasets, _training_state_mib, lora_config
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,6 @@ METHODS = {
 SIMPO_GAMMA = 1.0  # SimPO's target margin; gamma/beta = 0.5 at beta = 2, the paper's setting
 REQUIRED_FIELDS = ("prompt", "chosen", "rejected")
 FORMATS = ("conversational", "standard")
-END_TOKEN = "<|end|>"
 # What preference_accuracy can score by: a method's own reward, or "likelihood" (the average
 # log-prob per token of each answer: reference-free, so it also scores an SFT model).
 CRITERIA = (*METHODS, "likelihood")

@@ -44,8 +44,8 @@ from .ppo import (
     sequence_logprobs,
     whiten,
 )
+from .sft import _prompt_ids, _stop_ids
 
-END_TOKEN = "<|end|>"
 RewardFn = Callable[[Sequence[str], Sequence[str]], "torch.Tensor | Sequence[float]"]
 
 
@@ -89,12 +89,6 @@ def _check_prompts(prompts) -> list[str]:
     return prompts
 
 
-def _stop_ids(tokenizer) -> list[int]:
-    end = tokenizer.convert_tokens_to_ids(END_TOKEN)
-    ids = [end, tokenizer.eos_token_id]
-    return [i for i in ids if i is not None and i != tokenizer.unk_token_id]
-
-
 @torch.no_grad()
 def sample_responses(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int,
                      temperature: float = 1.0, seed: int = 0) -> Rollout:
@@ -107,10 +101,7 @@ def sample_responses(model, tokenizer, prompts: Sequence[str], *, max_new_tokens
         raise LabkitError(f"max_new_tokens={max_new_tokens!r} must be an integer >= 1")
     if not temperature > 0:
         raise LabkitError(f"temperature={temperature!r} must be > 0")
-    encoded = [list(tokenizer.apply_chat_template([{"role": "user", "content": p}],
-                                                  tokenize=True, add_generation_prompt=True,
-                                                  return_dict=True)["input_ids"])
-               for p in prompts]
+    encoded = [_prompt_ids(tokenizer, p) for p in prompts]
     width = max(map(len, encoded))
     context = model.config.max_position_embeddings
     if width + max_new_tokens > context:

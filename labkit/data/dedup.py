@@ -160,10 +160,13 @@ def shingle_hashes(words: list[str], n: int = 5, cache: dict | None = None) -> n
     Each word is hashed once (blake2b, cached); an n-gram's hash combines its word hashes as a
     polynomial, x = (...(h0*M + h1)*M + ...)*M + h(n-1) mod 2^64, computed for every position.
     """
-    h = _word_hashes(words, {} if cache is None else cache)
-    m = max(len(words) - n + 1, 1)
+    return _shingle_polynomial(_word_hashes(words, {} if cache is None else cache), n)
+
+
+def _shingle_polynomial(h: np.ndarray, n: int) -> np.ndarray:
+    m = max(len(h) - n + 1, 1)
     x = np.zeros(m, dtype=np.uint64)
-    for k in range(min(n, len(words))):
+    for k in range(min(n, len(h))):
         x = x * _SHINGLE_MULTIPLIER + h[k:k + m]  # uint64 arithmetic wraps: mod 2^64
     return x
 
@@ -191,7 +194,7 @@ def corpus_shingle_hashes(
     positions = np.arange(counts.sum()) - first[owner] + starts[owner]
     hashes = x[np.minimum(positions, len(x) - 1)] if len(x) else np.zeros(len(owner), np.uint64)
     for d in np.flatnonzero(lengths < n):
-        hashes[first[d]] = shingle_hashes(word_lists[d], n, cache)[0]
+        hashes[first[d]] = _shingle_polynomial(h[starts[d]:starts[d] + lengths[d]], n)[0]
     return hashes, owner
 
 

@@ -109,3 +109,86 @@ def check_choice(name: str, got, correct, explanation: str = "", options: Iterab
     if got == correct:
         return Feedback(True, f"{name}: {got!r}", [explanation] if explanation else [])
     return Feedback(False, f"{name}: {got!r} is not it", [explanation] if explanation else [])
+
+
+# ----------------------------------------------------------------------------------------------
+# Claims: what a checked notebook cell prints instead of a raw measured number.
+#
+# Numbers that come out of training or float reductions differ in their last digits between
+# CPUs (ATEN_CPU_CAPABILITY), thread counts, GPUs and library versions, and a short training
+# run amplifies that to the second decimal. A cell nbval checks therefore prints the *claim*
+# the lab makes and its verdict; the measured value is shown beside it in a bracket that the
+# nbval sanitizer masks (`[measured: ...]`), so the verdict is compared and the value is seen.
+
+CLAIMS_LOG = "LABKIT_CLAIMS_LOG"  # a JSON Lines file: every claim checked, for spread studies
+
+
+@dataclass
+class Claim:
+    """A claim about a measured value: `low <= value <= high` (either bound may be open)."""
+
+    text: str
+    value: float
+    low: float | None = None
+    high: float | None = None
+    fmt: str = ".3g"
+
+    @property
+    def holds(self) -> bool:
+        if not math.isfinite(self.value):
+            return False
+        return (self.low is None or self.value >= self.low) and (
+            self.high is None or self.value <= self.high
+        )
+
+    def __bool__(self) -> bool:
+        return self.holds
+
+    def __str__(self) -> str:
+        verdict = "yes" if self.holds else "NO"
+        return f"{self.text}: {verdict} [measured: {format(self.value, self.fmt)}]"
+
+    __repr__ = __str__
+
+
+def _log_claim(c: Claim) -> None:
+    import json
+    import os
+
+    path = os.environ.get(CLAIMS_LOG)
+    if not path:
+        return
+    record = {"claim": c.text, "value": c.value, "low": c.low, "high": c.high, "holds": c.holds,
+              "lab": os.environ.get("LABKIT_LAB", "")}
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def claim(text: str, value, *, low: float | None = None, high: float | None = None,
+          fmt: str = ".3g") -> Claim:
+    """The claim `text` holds when `low <= value <= high`; print it in a checked cell.
+
+    Choose the bounds from the spread measured across CPU capabilities and thread counts
+    (benchmarks/claim_spread.py) with room to spare, and tight enough that a broken mechanism
+    (a wrong schedule, a loss mask that masks nothing, a quantizer that does nothing) fails.
+    """
+    from .errors import LabkitError
+
+    if not isinstance(text, str) or not text.strip():
+        raise LabkitError("claim text must be a non-empty string saying what is claimed")
+    if low is None and high is None:
+        raise LabkitError(f"claim {text!r} needs a bound: low=, high= or both")
+    if low is not None and high is not None and low > high:
+        raise LabkitError(f"claim {text!r}: low={low} is above high={high}")
+    try:
+        value = float(value)
+    except (TypeError, ValueError) as exc:
+        raise LabkitError(f"claim {text!r}: value must be a number, got {value!r}") from exc
+    c = Claim(text, value, low, high, fmt)
+    _log_claim(c)
+    return c
+
+
+def claim_close(text: str, value, target: float, tol: float, fmt: str = ".3g") -> Claim:
+    """The claim that `value` is within `tol` of `target`."""
+    return claim(text, value, low=target - tol, high=target + tol, fmt=fmt)

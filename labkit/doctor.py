@@ -95,6 +95,16 @@ def machine_rows() -> list[Row]:
                     "" if caps.fp8_matmul else "needs an Ada/Hopper GPU; lab 04 shows fp8 as a storage format"))
     rows.append(Row("bitsandbytes kernels", "OK" if caps.bitsandbytes else "WARN", str(caps.bitsandbytes),
                     "" if caps.bitsandbytes else "pip install 'bitsandbytes>=0.46' (lab 10 falls back to labkit's own kernels)"))
+    if caps.bitsandbytes and caps.device == "cpu":
+        from .env import bnb_cpu_4bit_kernel_ok
+
+        ok = bnb_cpu_4bit_kernel_ok()
+        rows.append(Row("bitsandbytes CPU 4-bit kernel", "OK" if ok else "WARN",
+                        "agrees with its reference (probed)" if ok else
+                        "wrong on this CPU for rows not a multiple of 64 (probed)",
+                        "" if ok else "load_bnb_model refuses those NF4 models here; labkit's nf4 "
+                        "or a GPU computes them right"))
+    rows.append(Row("cpu capability", "OK", _cpu_capability()))
     prof = profile()
     rows.append(Row("profile", "OK", prof.describe()))
     return rows
@@ -126,6 +136,16 @@ def tool_rows() -> list[Row]:
     rows.append(Row("chromium (browser tests only)", "OK" if chromium else "WARN", chromium or "not found",
                     "" if chromium else "apt-get install chromium (only `make test-browser` needs it)"))
     return rows
+
+
+def _cpu_capability() -> str:
+    import os
+
+    import torch
+
+    forced = os.environ.get("ATEN_CPU_CAPABILITY")
+    used = torch.backends.cpu.get_cpu_capability()
+    return f"torch CPU kernels: {used}" + (f" (forced by ATEN_CPU_CAPABILITY={forced})" if forced else "")
 
 
 def run_doctor() -> list[Row]:

@@ -7,6 +7,7 @@ on Colab). Offline, a hub id fails with one message naming the embedded default.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from .errors import LabkitError
@@ -30,6 +31,10 @@ ADAPTERS = {"sft": "models/sft-adapter", "dpo": "models/dpo-adapter"}
 ADAPTER_PARENT = {"dpo": "sft"}
 
 
+# A hub id: "owner/name", or a bare legacy name such as "gpt2" or "distilgpt2".
+_HUB_ID = re.compile(r"([A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}")
+
+
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("LABKIT_ONLINE") != "1"
 
@@ -40,13 +45,31 @@ def _resolve(source: str, embedded: dict[str, str], what: str) -> tuple[str, boo
         return str(sample_path(embedded[source])), True
     if Path(source).expanduser().exists():
         return str(Path(source).expanduser()), True
-    if "/" in source and not source.startswith((".", "/")) and not _offline():
+    hub_id = bool(_HUB_ID.fullmatch(source)) and ".." not in source
+    if hub_id and not _offline():
         return source, False
     names = ", ".join(sorted(embedded))
-    if "/" in source and not source.startswith((".", "/")):
+    if hub_id and "/" in source:
         raise LabkitError(f"{what} {source!r} looks like a hub id, but labkit is offline; use an "
                           f"embedded one ({names}) or set LABKIT_ONLINE=1 with the network")
-    raise LabkitError(f"unknown {what} {source!r}: not embedded ({names}) and no such local path")
+    hint = "; if it is a hub id, set LABKIT_ONLINE=1 with the network" if hub_id else ""
+    raise LabkitError(f"unknown {what} {source!r}: not embedded ({names}) and no such local "
+                      f"path{hint}")
+
+
+def require_safetensors(folder: str | Path) -> None:
+    """Refuse a local model folder whose weights exist only as PyTorch pickles (.bin): loading a
+    pickle can run code, so labkit loads safetensors only. Says how to convert."""
+    folder = Path(folder)
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in folder.glob("*.bin"))
+    if pickles:
+        raise LabkitError(
+            f"{str(folder)!r} holds {', '.join(pickles)} but no .safetensors weights; labkit loads "
+            "safetensors only (a .bin file is a pickle, and unpickling can run code). Convert "
+            "it once, if you trust the file: transformers.AutoModelForCausalLM.from_pretrained("
+            f"{str(folder)!r}, use_safetensors=False).save_pretrained({str(folder)!r})")
 
 
 def load_dataset(name: str, split: str = "train"):
@@ -87,7 +110,9 @@ def load_model(source: str = "base", *, dtype=None, device: str | None = None):
 
     if source in ADAPTERS:
         return load_adapter_model(source, dtype=dtype, device=device)
-    path, _ = _resolve(source, MODELS, "model")
+    path, local = _resolve(source, MODELS, "model")
+    if local:
+        require_safetensors(path)
     cls = AutoModelForMaskedLM if source == "mlm" else AutoModelForCausalLM
     model = cls.from_pretrained(path, dtype=dtype or torch.float32, use_safetensors=True,
                                 trust_remote_code=False)

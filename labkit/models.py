@@ -5,6 +5,8 @@ and SwiGLU, all layers plain nn.Linear so peft, bitsandbytes, GPTQ and AWQ apply
 masked models are ModernBERT encoders (BERT's objective and bidirectional attention, with the
 pre-norm, rotary, GeGLU blocks that make a tiny encoder train in minutes; the original post-norm
 BERT plateaus near the unigram loss at this size). Both come from configs, never from a hub.
+`build_standard_lm` builds tiny members of the other families users bring (GPT-2, Qwen2, OPT,
+GPT-NeoX, Mistral), on which tests check that every labkit function taking a model works.
 """
 
 from __future__ import annotations
@@ -84,3 +86,53 @@ def build_masked_lm(vocab_size: int, shape: ModelShape = ModelShape(), seed: int
 
 def count_parameters(model, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+# --- the families users bring ------------------------------------------------------------------
+# Tiny members of the standard Hugging Face causal-LM families, for checking that every labkit
+# function taking a model works beyond the labs' Llama: GPT-2's projections are Conv1D (weight
+# stored (in, out), q/k/v fused in c_attn), Qwen2 has biases on q/k/v, OPT has biases everywhere
+# and learned positions, GPT-NeoX (Pythia) fuses q/k/v in one nn.Linear and rotates a quarter of
+# each head, Mistral shares each key/value head between query heads (GQA).
+
+STANDARD_FAMILIES = ("gpt2", "llama", "qwen2", "opt", "gpt_neox", "mistral")
+
+
+def standard_lm_config(family: str, vocab_size: int, shape: ModelShape | None = None, *,
+                       bos_token_id: int | None = None, eos_token_id: int | None = None,
+                       pad_token_id: int | None = None):
+    """A small config of one standard family (`STANDARD_FAMILIES`); special ids default to
+    None (GPT-2's tokenizer has no pad token, and bos = eos)."""
+    import transformers
+
+    if family not in STANDARD_FAMILIES:
+        raise LabkitError(f"family={family!r} is not known; valid: {', '.join(STANDARD_FAMILIES)}")
+    s = shape or ModelShape(d_model=64, n_layer=2, n_head=4, d_ff=128, max_len=256)
+    d_ff = s.d_ff or 4 * s.d_model
+    ids = {"bos_token_id": bos_token_id, "eos_token_id": eos_token_id,
+           "pad_token_id": pad_token_id}
+    common = {"vocab_size": vocab_size, "hidden_size": s.d_model, "num_hidden_layers": s.n_layer,
+              "num_attention_heads": s.n_head, "max_position_embeddings": s.max_len, **ids}
+    if family == "gpt2":
+        return transformers.GPT2Config(vocab_size=vocab_size, n_embd=s.d_model,
+                                       n_layer=s.n_layer, n_head=s.n_head, n_inner=d_ff,
+                                       n_positions=s.max_len, **ids)
+    if family == "opt":
+        return transformers.OPTConfig(ffn_dim=d_ff, word_embed_proj_dim=s.d_model, **common)
+    if family == "gpt_neox":
+        return transformers.GPTNeoXConfig(intermediate_size=d_ff, **common)
+    cls = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config,
+           "mistral": transformers.MistralConfig}[family]
+    kv_heads = s.n_head // 2 if family == "mistral" else s.n_head  # Mistral: grouped queries
+    return cls(intermediate_size=d_ff, num_key_value_heads=kv_heads, **common)
+
+
+def build_standard_lm(family: str, vocab_size: int, shape: ModelShape | None = None,
+                      seed: int = 0, **special_ids):
+    """A freshly initialised (seeded) model of one standard family, from its small config."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = standard_lm_config(family, vocab_size, shape, **special_ids)
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config).eval()

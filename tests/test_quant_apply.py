@@ -232,13 +232,20 @@ def test_bnb_int8_load_close_to_labkit_llm_int8(saved, model, tokens):
     assert kl(ref, o) < 1e-4 and kl(ref, b) < 1e-4
 
 
-def test_bnb_nf4_on_cpu_refuses_rows_not_multiple_of_64(tmp_path):
+def test_bnb_nf4_on_cpu_refuses_rows_not_multiple_of_64_only_where_the_kernel_is_wrong(
+    tmp_path, monkeypatch
+):
+    """The refusal follows the probe of bitsandbytes' CPU kernel: forced both ways here."""
     pytest.importorskip("bitsandbytes")
     build_causal_lm(64, ModelShape(d_model=64, n_layer=1, n_head=4, d_ff=96)).save_pretrained(
         tmp_path
     )
-    with pytest.raises(LabkitError, match="down_proj has in_features=96"):
+    monkeypatch.setenv("LABKIT_BNB_CPU_4BIT", "wrong")
+    with pytest.raises(LabkitError, match="down_proj has in_features=96.*on this machine"):
         load_bnb_model(tmp_path, "nf4", device="cpu")
+    monkeypatch.setenv("LABKIT_BNB_CPU_4BIT", "ok")
+    model = load_bnb_model(tmp_path, "nf4", device="cpu")
+    assert type(model.model.layers[0].mlp.down_proj).__name__ == "Linear4bit"
 
 
 def test_bnb_loader_bad_input(tmp_path):

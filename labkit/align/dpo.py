@@ -39,8 +39,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from .. import validate
 from ..errors import LabkitError
 from ..models import count_parameters
+from ..validate import checks, hf_tokenizer, ints, maybe, positive, positive_int
 from .preference_losses import dpo_loss, hinge_loss, ipo_loss, kto_loss, orpo_loss, simpo_loss
 from .sft import END_TOKEN, _PeakMemory, _quiet_datasets, _training_state_mib, lora_config
 
@@ -82,7 +84,7 @@ DPO_ADAPTER_RECIPE = {"method": "dpo", "steps": 100, "batch_size": 8, "lr": 5e-4
 
 
 def _method(name) -> Method:
-    if name not in METHODS:
+    if not isinstance(name, str) or name not in METHODS:
         raise LabkitError(f"method={name!r} is unknown; valid: {', '.join(METHODS)}")
     return METHODS[name]
 
@@ -121,6 +123,9 @@ def validate_pairs(pairs, tokenizer=None, *, max_length: int | None = None) -> l
     """The pairs as a list, each checked: 'prompt', 'chosen' and 'rejected' are non-empty
     strings, chosen differs from rejected, and (with a tokenizer and max_length) prompt +
     answer fits in max_length chat-template tokens. A bad record raises LabkitError naming it."""
+    maybe(positive_int)(max_length, "max_length")
+    if isinstance(pairs, (str, bytes, dict)) or (pairs is not None and not hasattr(pairs, "__iter__")):
+        raise LabkitError(f"pairs must be a list of preference records, got {type(pairs).__name__}")
     rows = list(pairs) if pairs is not None else []
     if not rows:
         raise LabkitError("pairs is empty; pass preference records with 'prompt', 'chosen' and "
@@ -164,7 +169,7 @@ def _standard(pair: dict, tokenizer) -> dict:
 
 
 def _check_format(format: str, tokenizer) -> None:
-    if format not in FORMATS:
+    if not isinstance(format, str) or format not in FORMATS:
         raise LabkitError(f"format={format!r} is unknown; valid: {', '.join(FORMATS)}")
     if format == "standard" and tokenizer is None:
         raise LabkitError("format='standard' writes the chat template into the prompt text; "
@@ -181,6 +186,7 @@ def preference_dataset(pairs, tokenizer=None, *, format: str = "conversational",
     import datasets
 
     _check_format(format, tokenizer)
+    maybe(positive_int)(max_length, "max_length")
     rows = validate_pairs(pairs, tokenizer, max_length=max_length)
     build = _messages if format == "conversational" else (lambda p: _standard(p, tokenizer))
     return datasets.Dataset.from_list([build(p) for p in rows])
@@ -202,6 +208,7 @@ def unpaired_dataset(pairs, tokenizer=None, *, batch_size: int, format: str = "c
         raise LabkitError(f"batch_size={batch_size!r} must be an integer >= 2 for KTO: its KL "
                           "baseline pairs each prompt with another pair's answer")
     _check_format(format, tokenizer)
+    maybe(positive_int)(max_length, "max_length")
     rows = validate_pairs(pairs, tokenizer, max_length=max_length)
     out = []
     for start in range(0, len(rows), batch_size):
@@ -283,7 +290,7 @@ def preference_trainer(method: str, model, tokenizer, pairs, *, steps: int, lr: 
         disable_tqdm=True, dataloader_num_workers=0, dataloader_pin_memory=False,
         log_level="error", optim="adamw_torch", train_sampling_strategy="sequential",
         max_length=context, beta=beta)
-    peft_config = None if lora is None or lora is False else lora_config(lora)
+    peft_config = None if lora is None or lora is False else lora_config(lora, model=model)
     if info.reference and peft_config is None and ref_model is None:
         # TRL would reload the reference from the model's hub id; a model built in memory has none.
         ref_model = copy.deepcopy(model)
@@ -387,6 +394,11 @@ def _release_free_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+@checks(model=validate.model, tokenizer=hf_tokenizer, steps=positive_int, lr=positive,
+        batch_size=positive_int, seed=ints(), ref_model=maybe(validate.model),
+        simpo_gamma=validate.finite, warmup_steps=validate.nonnegative_int,
+        max_length=maybe(positive_int), device=maybe(validate.device), bf16=maybe(validate.flag),
+        inplace=validate.flag, nll_weight=validate.nonnegative)
 def train_preference(method: str, model, tokenizer, train_pairs, *, steps: int, lr: float,
                      beta: float | None = None, batch_size: int, seed: int = 0, lora=True,
                      ref_model=None, simpo_gamma: float = SIMPO_GAMMA, warmup_steps: int = 0,
@@ -507,6 +519,7 @@ def score_pairs(model, tokenizer, pairs, *, ref_model=None, batch_size: int = 16
     """Score each pair's chosen and rejected answer (chat template, answer tokens only) under
     `model` and, if given, `ref_model`; with a reference also the mean token-level KL(pi||ref)
     on those answers (exact over the vocabulary at each answer position)."""
+    validate.model(model), hf_tokenizer(tokenizer), maybe(validate.model)(ref_model, "ref_model")
     rows = validate_pairs(pairs)
     _check_positive_int("batch_size", batch_size)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -592,8 +605,9 @@ def preference_accuracy(model, ref_model, tokenizer, pairs, method: str = "dpo",
     it), or method="likelihood" for the plain average log-prob of any model (an SFT model
     included). `model` may also be a PairScores from `score_pairs` (then no tokenizer or pairs
     are needed); ties count as misses."""
-    if method not in CRITERIA:
+    if not isinstance(method, str) or method not in CRITERIA:
         raise LabkitError(f"method={method!r} is unknown; valid: {', '.join(CRITERIA)}")
+    _check_positive_int("batch_size", batch_size)
     beta = (METHODS[method].beta if method in METHODS else 1.0) if beta is None else \
         check_beta(beta, method)
     needs_ref = method in METHODS and METHODS[method].reference
@@ -659,6 +673,11 @@ def pipeline_table(runs: dict | None = None) -> pd.DataFrame:
 
 def comparison_table(runs: dict, accuracies: dict) -> pd.DataFrame:
     """One row per method: held-out accuracy overall and per defect, time, memory, models."""
+    validate.mapping(lambda run, name: validate.instance(run, name, PreferenceRun), empty=True)(runs, "runs")
+    validate.mapping(validate.frame("accuracy"), empty=True)(accuracies, "accuracies")
+    missing = [name for name in runs if name not in accuracies]
+    if missing:
+        raise LabkitError(f"accuracies has no entry for the runs {missing}")
     out = []
     for name, run in runs.items():
         acc = accuracies[name]["accuracy"]
@@ -681,7 +700,8 @@ def beta_sweep(model, tokenizer, train_pairs, eval_pairs, betas, *, method: str 
     if not _method(method).reference:
         raise LabkitError(f"beta_sweep measures the KL from a reference; {method} has none "
                           "(use dpo, ipo, hinge or kto)")
-    betas = sorted({check_beta(b, method) for b in betas})
+    betas = sorted({check_beta(b, method) for b in validate.items(betas, "betas", empty=True)})
+    validate.model(model), validate_pairs(eval_pairs)
     if not betas:
         raise LabkitError("betas is empty; pass a few values such as (0.01, 0.1, 1.0)")
     runs = dict(runs or {})
@@ -711,7 +731,8 @@ def training_curves_figure(runs, title: str | None = None):
     moved from the reference (log pi/ref = reward / beta, methods with a reference only)."""
     from plotly.subplots import make_subplots
 
-    runs = {runs.method: runs} if isinstance(runs, PreferenceRun) else dict(runs)
+    runs = {runs.method: runs} if isinstance(runs, PreferenceRun) else runs
+    validate.mapping(lambda run, name: validate.instance(run, name, PreferenceRun))(runs, "runs")
     fig = make_subplots(rows=1, cols=3, subplot_titles=(
         "training loss", "reward margin (chosen - rejected)",
         "log-prob change vs reference"))
@@ -741,6 +762,8 @@ def preference_accuracy_figure(accuracies: dict, title: str = "Held-out preferen
     """Grouped bars: accuracy overall and per defect, one colour per model or method."""
     import plotly.graph_objects as go
 
+    validate.mapping(validate.frame("accuracy", "pairs"))(accuracies, "accuracies")
+
     fig = go.Figure()
     for name, table in accuracies.items():
         fig.add_bar(x=list(table.index), y=table["accuracy"], name=name,
@@ -766,7 +789,8 @@ def beta_sweep_figure(sweep: pd.DataFrame, beta: float | None = None):
 
     if sweep is None or len(sweep) == 0:
         raise LabkitError("sweep is empty; compute it with labkit.align.beta_sweep")
-    beta = float(sweep["beta"].iloc[0]) if beta is None else beta
+    validate.frame("beta", *(key for key, _ in SWEEP_PANELS))(sweep, "sweep")
+    beta = float(sweep["beta"].iloc[0]) if beta is None else check_beta(beta)
     fig = make_subplots(rows=1, cols=3, subplot_titles=[t.split(" (")[0] for _, t in
                                                         SWEEP_PANELS])
     for col, (key, _) in enumerate(SWEEP_PANELS, 1):
@@ -842,7 +866,11 @@ def trl_cross_check(*, seed: int = 0, pairs: int = 8, beta: float = 0.1, vocab: 
         from trl import DPOTrainer, KTOTrainer
         from trl.experimental.cpo import CPOTrainer
         from trl.experimental.orpo import ORPOTrainer
-    check_beta(beta)
+    check_beta(beta), validate.integer(seed, "seed")
+    for name, value in (("pairs", pairs), ("vocab", vocab), ("prompt", prompt), ("answer", answer)):
+        positive_int(value, name)
+    if vocab < 2:
+        raise LabkitError(f"vocab={vocab} must be >= 2 (a chosen and a rejected token)")
     g = torch.Generator().manual_seed(seed)
     f64 = torch.float64
     table = -3 * torch.rand(vocab, generator=g, dtype=f64) - 1e-3
@@ -928,6 +956,8 @@ def build_dpo_adapter(out=None, steps: int | None = None, *, echo=print) -> dict
     from ..samples import data_dir
     from .sft import generate_answers, save_adapter
 
+    maybe(validate.path_like)(out, "out"), maybe(positive_int)(steps, "steps")
+    validate.function(echo, "echo")
     recipe = {**DPO_ADAPTER_RECIPE, **({"steps": steps} if steps else {})}
     if not embedded_paths()["sft"].exists():
         raise LabkitError("the SFT adapter (data_samples/models/sft-adapter) is missing; DPO "

@@ -23,8 +23,11 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
+from .. import validate
 from ..errors import LabkitError
+from ..validate import checks, hf_tokenizer, ints, maybe, positive, positive_int
 from .dpo import preference_dataset, validate_pairs
+from .sft import _pad_id
 
 DEFECTS = ("wrong_fact", "repetition", "rude", "verbose", "unsafe")
 
@@ -37,6 +40,7 @@ def conversation(prompt: str, response: str) -> list[dict]:
     return [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
 
 
+@checks(policy_tokenizer=hf_tokenizer, reward_tokenizer=hf_tokenizer)
 def check_same_tokenizer(policy_tokenizer, reward_tokenizer) -> None:
     """The reward model must read text with the policy's tokenizer and chat template: it was
     trained on conversations rendered that way, and PPO's token ids must mean the same thing
@@ -71,8 +75,7 @@ def annotation_batch(pairs, k: int = 5, seed: int = 0) -> list[dict]:
     order, then again), so a short session meets every kind of flaw. `shipped` says which
     letter the dataset's label prefers."""
     rows = validate_pairs(pairs)
-    if not (isinstance(k, int) and k >= 1):
-        raise LabkitError(f"k={k!r} must be an integer >= 1")
+    positive_int(k, "k"), validate.integer(seed, "seed")
     rng = random.Random(seed)
     by_defect: dict = {}
     for p in rng.sample(rows, len(rows)):
@@ -96,7 +99,8 @@ def annotation_batch(pairs, k: int = 5, seed: int = 0) -> list[dict]:
 def annotation_agreement(batch: Sequence[dict], labels: Sequence[str | None]) -> pd.DataFrame:
     """One row per pair of `batch` (from annotation_batch): your label ("A", "B" or None for not
     yet labelled), the shipped one, and whether they agree (None where unlabelled)."""
-    batch, labels = list(batch), list(labels)
+    batch = validate.records("id", "defect", "shipped")(batch, "batch")
+    labels = validate.items(labels, "labels", what="labels ('A', 'B' or None)")
     if len(labels) != len(batch):
         raise LabkitError(f"{len(labels)} labels for {len(batch)} pairs; give one label per pair "
                           "(None for a pair you skipped)")
@@ -112,6 +116,7 @@ def annotation_agreement(batch: Sequence[dict], labels: Sequence[str | None]) ->
 # --- the model -------------------------------------------------------------------------------
 
 
+@checks(lm=validate.model, tokenizer=hf_tokenizer, seed=ints())
 def reward_model_from(lm, tokenizer, *, seed: int = 0):
     """A reward model with the body (embeddings and decoder layers) of causal LM `lm` and a new
     scalar head (num_labels=1, seeded): for the world's Llama, a LlamaForSequenceClassification.
@@ -120,14 +125,13 @@ def reward_model_from(lm, tokenizer, *, seed: int = 0):
     from transformers import AutoModelForSequenceClassification
 
     _check_model_vocab(lm, tokenizer, "model")
-    if tokenizer.pad_token_id is None:
-        raise LabkitError("the tokenizer has no pad token; the reward model needs one to find the "
-                          "last real token of each padded sequence")
     if isinstance(lm, PeftModel):
         lm = copy.deepcopy(lm).merge_and_unload()
     config = copy.deepcopy(lm.config)
     config.num_labels = 1
-    config.pad_token_id = tokenizer.pad_token_id
+    # The head reads the last token that is not padding; without a pad token (GPT-2) pad is eos,
+    # as TRL's RewardTrainer pads.
+    config.pad_token_id = _pad_id(tokenizer)
     config.architectures = None
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_config(config)
@@ -237,12 +241,16 @@ class RewardRun:
                 "wall_s": round(self.wall_s, 2), "cpu_s": round(self.cpu_s, 2)}
 
 
+@checks(model=validate.model, tokenizer=hf_tokenizer, steps=positive_int, batch_size=positive_int,
+        lr=positive, seed=ints(), train_layers=maybe(positive_int), device=maybe(validate.device),
+        inplace=validate.flag)
 def train_reward_model(model, tokenizer, pairs, *, steps: int, batch_size: int, lr: float,
                        seed: int = 0, train_layers: int | None = None,
                        device: str | None = None, inplace: bool = False) -> RewardRun:
     """Train a reward model (from `reward_model_from`) on preference pairs with TRL's
     RewardTrainer for exactly `steps` steps of `batch_size` pairs. `train_layers` trains only
     the top decoder layers and the head (None: all). The model is copied unless `inplace`."""
+    pairs = validate_pairs(pairs)
     model = model if inplace else copy.deepcopy(model)
     trainable = freeze_below(model, train_layers)
     with tempfile.TemporaryDirectory(prefix="labkit-rm-") as tmp:
@@ -273,6 +281,8 @@ def _chat_ids(tokenizer, prompt: str, response: str) -> list[int]:
                                               return_dict=True)["input_ids"])
 
 
+@checks(model=validate.model, tokenizer=hf_tokenizer, prompts=validate.items,
+        responses=validate.items, batch_size=positive_int)
 @torch.no_grad()
 def reward_scores(model, tokenizer, prompts: Sequence[str], responses: Sequence[str], *,
                   batch_size: int = 64) -> torch.Tensor:
@@ -309,7 +319,7 @@ def reward_scores(model, tokenizer, prompts: Sequence[str], responses: Sequence[
             idx = order[start:start + batch_size]
             width = max(len(seqs[i]) for i in idx)
             ids = torch.tensor([seqs[i] + [pad] * (width - len(seqs[i])) for i in idx])
-            att = (ids != pad).long()
+            att = torch.tensor([[1] * len(seqs[i]) + [0] * (width - len(seqs[i])) for i in idx])
             out = model(input_ids=ids.to(device), attention_mask=att.to(device)).logits
             scores[idx] = out[:, 0].float().cpu()
     finally:
@@ -317,6 +327,7 @@ def reward_scores(model, tokenizer, prompts: Sequence[str], responses: Sequence[
     return scores
 
 
+@checks(model=validate.model, tokenizer=hf_tokenizer)
 def score_reward_pairs(model, tokenizer, pairs) -> pd.DataFrame:
     """One row per pair: its defect, both rewards, the margin and whether the reward model
     ranks the pair correctly (r_chosen > r_rejected)."""
@@ -341,7 +352,9 @@ def reward_accuracy(model, tokenizer, pairs, *, scored: pd.DataFrame | None = No
     """Held-out ranking accuracy overall ("all") and per defect: the share of pairs with
     r_chosen > r_rejected, with the mean margin. Chance is 0.5. Pass `scored` (from
     score_reward_pairs) to reuse scores already computed."""
-    scored = score_reward_pairs(model, tokenizer, pairs) if scored is None else scored
+    if scored is None:
+        scored = score_reward_pairs(model, tokenizer, pairs)
+    validate.frame("defect", "correct", "margin")(scored, "scored")
     per = scored.groupby("defect").agg(pairs=("correct", "size"), accuracy=("correct", "mean"),
                                        mean_margin=("margin", "mean"))
     order = [d for d in DEFECTS if d in per.index] + [d for d in per.index if d not in DEFECTS]
@@ -354,6 +367,8 @@ def reward_accuracy(model, tokenizer, pairs, *, scored: pd.DataFrame | None = No
 def reward_distribution_figure(scored: pd.DataFrame, title: str | None = None):
     """Overlaid histograms of the rewards of chosen and rejected answers."""
     import plotly.graph_objects as go
+
+    validate.frame("chosen_reward", "rejected_reward", "correct")(scored, "scored")
 
     fig = go.Figure()
     for col, name, colour in (("chosen_reward", "chosen", "#1a7f37"),
@@ -373,6 +388,7 @@ def reward_training_figure(history: pd.DataFrame, title: str | None = None):
     """The reward model's training loss and batch ranking accuracy per step (TRL's logs)."""
     from plotly.subplots import make_subplots
 
+    validate.frame()(history, "history")
     for col in ("step", "loss", "accuracy"):
         if col not in history:
             raise LabkitError(f"history lacks column {col!r}; pass RewardRun.history")
@@ -392,6 +408,8 @@ def reward_training_figure(history: pd.DataFrame, title: str | None = None):
     return fig
 
 
+@checks(model=validate.model, tokenizer=hf_tokenizer, policy_tokenizer=maybe(hf_tokenizer),
+        batch_size=positive_int)
 def reward_function(model, tokenizer, *, policy_tokenizer=None,
                     batch_size: int = 64) -> Callable[[Sequence[str], Sequence[str]], torch.Tensor]:
     """The reward model as `reward_fn(prompts, responses) -> scores`, the interface PPO and

@@ -32,7 +32,18 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
+from .. import validate
 from ..errors import LabkitError
+from ..validate import (
+    checks,
+    function,
+    hf_tokenizer,
+    ints,
+    maybe,
+    nonnegative,
+    positive,
+    positive_int,
+)
 from .ppo import (
     PPOConfig,
     clipped_policy_loss,
@@ -44,8 +55,9 @@ from .ppo import (
     sequence_logprobs,
     whiten,
 )
-from .sft import _prompt_ids, _stop_ids
+from .sft import _pad_id, _prompt_ids, _stop_ids
 
+_model = validate.model
 RewardFn = Callable[[Sequence[str], Sequence[str]], "torch.Tensor | Sequence[float]"]
 
 
@@ -80,7 +92,7 @@ def _unwrap(model):
 
 
 def _check_prompts(prompts) -> list[str]:
-    prompts = list(prompts) if prompts is not None else []
+    prompts = validate.items(prompts, "prompts", what="user questions")
     if not prompts:
         raise LabkitError("prompts is empty; pass at least one user question")
     for i, p in enumerate(prompts):
@@ -89,6 +101,8 @@ def _check_prompts(prompts) -> list[str]:
     return prompts
 
 
+@checks(model=_model, tokenizer=hf_tokenizer, max_new_tokens=positive_int, temperature=positive,
+        seed=ints())
 @torch.no_grad()
 def sample_responses(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int,
                      temperature: float = 1.0, seed: int = 0) -> Rollout:
@@ -107,7 +121,7 @@ def sample_responses(model, tokenizer, prompts: Sequence[str], *, max_new_tokens
     if width + max_new_tokens > context:
         raise LabkitError(f"a prompt of {width} tokens + max_new_tokens={max_new_tokens} exceeds "
                           f"the model's context of {context} tokens")
-    pad, stops = tokenizer.pad_token_id, _stop_ids(tokenizer)
+    pad, stops = _pad_id(tokenizer), _stop_ids(tokenizer)
     device = next(model.parameters()).device
     ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=device)
     att = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
@@ -151,6 +165,8 @@ class PolicyWithValue(nn.Module):
 
     def __init__(self, lm):
         super().__init__()
+        if not isinstance(lm, nn.Module) or not hasattr(getattr(lm, "config", None), "hidden_size"):
+            raise LabkitError(f"lm must be a transformers causal LM, got {type(lm).__name__}")
         self.lm = lm
         self.value_head = nn.Linear(lm.config.hidden_size, 1)
         nn.init.zeros_(self.value_head.weight)
@@ -204,6 +220,10 @@ class PPORun:
         return {k: round(float(tail[k].mean()), 4) for k in keys}
 
 
+@checks(policy=_model, reference=_model, tokenizer=hf_tokenizer, reward_fn=function,
+        max_new_tokens=positive_int, value_lr=maybe(positive), seed=ints(), temperature=positive,
+        max_grad_norm=positive, true_fn=maybe(function), callback=maybe(function),
+        progress=validate.flag, keep_samples=validate.nonnegative_int)
 def ppo_train(policy, reference, tokenizer, prompts: Sequence[str], reward_fn: RewardFn, *,
               config: PPOConfig | None = None, iterations: int, batch_size: int,
               max_new_tokens: int, lr: float, value_lr: float | None = None, seed: int = 0,
@@ -220,9 +240,7 @@ def ppo_train(policy, reference, tokenizer, prompts: Sequence[str], reward_fn: R
 
     prompts = _check_prompts(prompts)
     config = PPOConfig() if config is None else config
-    for name, value in (("iterations", iterations), ("batch_size", batch_size)):
-        if not (isinstance(value, int) and value >= 1):
-            raise LabkitError(f"{name}={value!r} must be an integer >= 1")
+    positive_int(iterations, "iterations"), positive_int(batch_size, "batch_size")
     if not (isinstance(lr, (int, float)) and 0 < lr < 1):
         raise LabkitError(f"lr={lr!r} must be a number in (0, 1), e.g. 1e-5")
     if not isinstance(config, PPOConfig):
@@ -345,6 +363,8 @@ def rollout_kl(policy, reference, rollout: Rollout, temperature: float = 1.0) ->
     return (kl_k1(lp, ref) * rollout.response_mask).sum(dim=1)
 
 
+@checks(policy=_model, reference=_model, tokenizer=hf_tokenizer, reward_fn=function,
+        max_new_tokens=positive_int, seed=ints(), true_fn=maybe(function), temperature=positive)
 def evaluate_policy(policy, reference, tokenizer, prompts: Sequence[str], reward_fn: RewardFn,
                     *, max_new_tokens: int, seed: int = 0, true_fn: RewardFn | None = None,
                     temperature: float = 1.0) -> dict:
@@ -370,8 +390,7 @@ def evaluate_policy(policy, reference, tokenizer, prompts: Sequence[str], reward
 def best_of_n_kl(n: int) -> float:
     """KL(best-of-n || base) = log n - (n-1)/n nats (Stiennon et al. 2020, appendix; an upper
     bound, exact when the reward has no ties)."""
-    if not (isinstance(n, int) and n >= 1):
-        raise LabkitError(f"n={n!r} must be an integer >= 1")
+    positive_int(n, "n")
     return math.log(n) - (n - 1) / n
 
 
@@ -390,6 +409,8 @@ class BestOfN:
         return out
 
 
+@checks(policy=_model, tokenizer=hf_tokenizer, reward_fn=function, n=positive_int,
+        max_new_tokens=positive_int, seed=ints(), temperature=positive, true_fn=maybe(function))
 def best_of_n(policy, tokenizer, prompts: Sequence[str], reward_fn: RewardFn, *, n: int,
               max_new_tokens: int, seed: int = 0, temperature: float = 1.0,
               true_fn: RewardFn | None = None) -> BestOfN:
@@ -401,6 +422,8 @@ def best_of_n(policy, tokenizer, prompts: Sequence[str], reward_fn: RewardFn, *,
                            true_fn=true_fn)[n]
 
 
+@checks(policy=_model, tokenizer=hf_tokenizer, reward_fn=function, max_new_tokens=positive_int,
+        seed=ints(), temperature=positive, true_fn=maybe(function))
 def best_of_n_sweep(policy, tokenizer, prompts: Sequence[str], reward_fn: RewardFn, *,
                     ns: Sequence[int], max_new_tokens: int, seed: int = 0,
                     temperature: float = 1.0, true_fn: RewardFn | None = None
@@ -409,7 +432,7 @@ def best_of_n_sweep(policy, tokenizer, prompts: Sequence[str], reward_fn: Reward
     picks among the first n of them, so a larger n sees a superset and its best reward is never
     lower (as when a reader draws more samples), and the samples are paid for once."""
     prompts = _check_prompts(prompts)
-    ns = sorted(set(ns)) if ns else []
+    ns = sorted({positive_int(n, f"ns[{i}]") for i, n in enumerate(validate.items(ns, "ns", empty=True))})
     if not ns:
         raise LabkitError("ns is empty; pass the sample counts to compare, e.g. (1, 4, 16)")
     kls = {n: best_of_n_kl(n) for n in ns}
@@ -469,6 +492,7 @@ def _contains(text: str, phrase: str) -> bool:
     return re.search(r"(?<!\w)" + re.escape(phrase.lower()) + r"(?!\w)", text) is not None
 
 
+@checks(prompt=validate.text, response=validate.text)
 def true_score(prompt: str, response: str) -> dict:
     """The rule-based judge the reward model never sees: one check per defect of the
     preference data. `correct` (fact questions only): the true object is named and no other
@@ -502,7 +526,7 @@ def true_score(prompt: str, response: str) -> dict:
 
 def true_scores(prompts: Sequence[str], responses: Sequence[str]) -> pd.DataFrame:
     """`true_score` for each (prompt, response), one row each."""
-    prompts, responses = list(prompts), list(responses)
+    prompts, responses = validate.texts(prompts, "prompts"), validate.texts(responses, "responses")
     if len(prompts) != len(responses):
         raise LabkitError(f"{len(prompts)} prompts but {len(responses)} responses")
     return pd.DataFrame([{"prompt": p, "response": r, **true_score(p, r)}
@@ -546,14 +570,14 @@ def answer_report(prompts: Sequence[str], responses: Sequence[str]) -> dict:
     return out
 
 
+@checks(max_new_tokens=positive_int, reward_fn=function)
 def compare_policies(policies: dict, reference, tokenizer, prompts: Sequence[str],
                      reward_fn: RewardFn, *, max_new_tokens: int, seed: int = 0,
                      temperature: float = 1.0) -> pd.DataFrame:
     """Each policy (name -> model) sampled once per prompt with the same seed and measured: mean
     reward, KL to `reference` (k1, nats per response), response length, and the true judge's
     `answer_report`. One row per policy; the responses are in `.attrs["responses"]`."""
-    if not policies:
-        raise LabkitError("policies is empty; pass {name: model}")
+    validate.mapping(_model)(policies, "policies"), _model(reference, "reference")
     prompts = _check_prompts(prompts)
     rows, responses = {}, {}
     for name, policy in policies.items():
@@ -583,6 +607,8 @@ def ppo_curves_figure(runs: dict[str, pd.DataFrame] | pd.DataFrame, title: str |
 
     if isinstance(runs, pd.DataFrame):
         runs = {"PPO": runs}
+    # A run may have no rows yet: the live figure (widgets.rlhf.LiveCurves) starts empty.
+    validate.mapping(validate.frame("iteration", empty=True))(runs, "runs")
     curves = list(CURVES) + ([("true_score", "true score (share of answers passing)")] if true_score
                              else [])
     fig = make_subplots(rows=1, cols=len(curves), subplot_titles=[c[1] for c in curves])
@@ -605,6 +631,8 @@ def comparison_figure(table: pd.DataFrame, title: str = "Reward vs KL to the SFT
     """Each method (rows with 'reward' and 'kl' columns) as a point: reward against KL."""
     import plotly.graph_objects as go
 
+    validate.frame("reward", "kl")(table, "table")
+
     fig = go.Figure(go.Scatter(x=table["kl"], y=table["reward"], mode="markers+text",
                                text=list(table.index), textposition="top center",
                                marker_size=12))
@@ -625,6 +653,10 @@ class LibraryRun:
     config: dict = field(default_factory=dict)
 
 
+@checks(policy=_model, reward_model=_model, tokenizer=hf_tokenizer, steps=positive_int,
+        batch_size=positive_int, num_generations=positive_int, max_new_tokens=positive_int,
+        lr=positive, kl_coef=nonnegative, epochs=positive_int, seed=ints(), temperature=positive,
+        reward_tokenizer=maybe(hf_tokenizer))
 def library_route(policy, reward_model, tokenizer, prompts: Sequence[str], *, steps: int,
                   batch_size: int, num_generations: int, max_new_tokens: int, lr: float,
                   kl_coef: float, epochs: int = 1, seed: int = 0, temperature: float = 1.0,
@@ -654,7 +686,7 @@ def library_route(policy, reward_model, tokenizer, prompts: Sequence[str], *, st
     lm = copy.deepcopy(_unwrap(policy))
     # TRL stops generation at the model's eos ids: make <|end|> one of them.
     lm.generation_config.eos_token_id = _stop_ids(tokenizer)
-    lm.generation_config.pad_token_id = tokenizer.pad_token_id
+    lm.generation_config.pad_token_id = _pad_id(tokenizer)
     n_prompts = steps * batch_size // num_generations
     rng = random.Random(seed)
     dataset = datasets.Dataset.from_list(

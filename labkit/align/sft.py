@@ -30,8 +30,20 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from .. import validate
 from ..errors import LabkitError
 from ..models import count_parameters
+from ..validate import (
+    checks,
+    flag,
+    function,
+    hf_tokenizer,
+    ints,
+    maybe,
+    positive,
+    positive_int,
+    texts,
+)
 
 ROLES = ("system", "user", "assistant")
 END_TOKEN = "<|end|>"
@@ -41,6 +53,24 @@ LORA_DEFAULTS = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0}
 # mechanics quantum bits ..."); clean one- or two-sentence answers stay near 0.
 REPETITION_THRESHOLD = 0.2
 _GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+# A chat template for a tokenizer that has none (GPT-2, Pythia, most base models): plain-text
+# roles, and the tokenizer's own eos token ends an assistant turn, so a base model that learned
+# to stop at the end of a document already knows how to stop an answer. Set it with
+# `tokenizer.chat_template = PLAIN_CHAT_TEMPLATE`; its generation markers give assistant-only loss.
+PLAIN_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'system' -%}{{ message['content'] + '\\n\\n' }}"
+    "{%- elif message['role'] == 'user' -%}{{ 'User: ' + message['content'] + '\\n' }}"
+    "{%- elif message['role'] == 'assistant' -%}{{ 'Assistant:' }}"
+    "{% generation %}{{ ' ' + message['content'] + eos_token }}{% endgeneration %}{{ '\\n' }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ 'Assistant:' }}{%- endif -%}"
+)
+NO_TEMPLATE_HINT = ("use chat=False to ask with the bare question as plain text, or give the "
+                    "tokenizer a template, e.g. tokenizer.chat_template = "
+                    "labkit.align.sft.PLAIN_CHAT_TEMPLATE")
 
 # The shipped adapter (`build_sft_adapter`): LoRA on the curated set, from the shipped base model.
 SFT_ADAPTER_RECIPE = {"steps": 240, "batch_size": 16, "lr": 5e-3, "lora": dict(LORA_DEFAULTS),
@@ -76,7 +106,8 @@ def require_generation_markers(tokenizer) -> None:
         template = template.get("default")
     if not template:
         raise LabkitError("the tokenizer has no chat template; use labkit.loaders.load_tokenizer() "
-                          "(the world tokenizer ships one)")
+                          "(the world tokenizer ships one) or set tokenizer.chat_template = "
+                          "labkit.align.sft.PLAIN_CHAT_TEMPLATE")
     if not _GENERATION_MARKER.search(template):
         raise LabkitError("the tokenizer's chat template has no {% generation %}..."
                           "{% endgeneration %} markers, so assistant tokens cannot be found; wrap "
@@ -84,10 +115,13 @@ def require_generation_markers(tokenizer) -> None:
                           "tokenizer's template does")
 
 
+@checks(tokenizer=hf_tokenizer, messages=validate.records("role", "content"),
+        add_generation_prompt=flag)
 def render_chat(tokenizer, messages, *, add_generation_prompt: bool = False) -> str:
     """The conversation as the model sees it: the chat template applied, as text."""
     if not getattr(tokenizer, "chat_template", None):
-        raise LabkitError("the tokenizer has no chat template; use labkit.loaders.load_tokenizer()")
+        raise LabkitError("the tokenizer has no chat template; use labkit.loaders.load_tokenizer() "
+                          "or set tokenizer.chat_template = labkit.align.sft.PLAIN_CHAT_TEMPLATE")
     return tokenizer.apply_chat_template(list(messages), tokenize=False,
                                          add_generation_prompt=add_generation_prompt)
 
@@ -101,12 +135,20 @@ class ChatLabels:
     labels: list[int]  # the token id where it carries loss, -100 where it does not
     tokens: list[str]  # each token decoded on its own, for display
 
+    def __post_init__(self):
+        for name in ("mask", "labels", "tokens"):
+            if not isinstance(getattr(self, name), list) or len(getattr(self, name)) != len(self.input_ids):
+                raise LabkitError(f"{name} must be a list with one entry per input id ({len(self.input_ids)})")
+        if any(m not in (0, 1) for m in self.mask):
+            raise LabkitError("mask must hold only 0 and 1")
+
     def table(self) -> pd.DataFrame:
         return pd.DataFrame({"position": range(len(self.input_ids)), "token": self.tokens,
                              "id": self.input_ids, "label": self.labels,
                              "loss": [bool(m) for m in self.mask]})
 
 
+@checks(tokenizer=hf_tokenizer, assistant_only=flag)
 def assistant_mask(tokenizer, messages, *, assistant_only: bool = True) -> ChatLabels:
     """Tokenize a conversation with the chat template; labels are -100 on every token outside
     the template's generation markers (all tokens carry loss when assistant_only=False)."""
@@ -125,6 +167,7 @@ def assistant_mask(tokenizer, messages, *, assistant_only: bool = True) -> ChatL
     return ChatLabels(ids, mask, labels, [tokenizer.decode([t]) for t in ids])
 
 
+@checks(tokenizer=hf_tokenizer, conversations=validate.nonempty)
 def loss_token_share(tokenizer, conversations: Iterable) -> float:
     """The share of all template tokens that are assistant tokens (what assistant-only loss
     keeps); the rest is prompt, system text and role markers."""
@@ -141,6 +184,7 @@ def _display(token: str) -> str:
     return token.replace("\n", "↵").replace(" ", "·") or "∅"
 
 
+@checks(tokenizer=hf_tokenizer, assistant_only=flag, per_row=positive_int)
 def loss_mask_figure(tokenizer, messages, *, assistant_only: bool = True, per_row: int = 12):
     """Token by token, which tokens carry loss (green) and which are masked to -100 (grey)."""
     import plotly.graph_objects as go
@@ -173,7 +217,7 @@ def loss_mask_figure(tokenizer, messages, *, assistant_only: bool = True, per_ro
 def _padded_logits(model, tokenizer, labs: list[ChatLabels]):
     """Right-padded ids, the model's logits (fp32, eval mode) and the padded label rows."""
     width = max(len(lab.input_ids) for lab in labs)
-    pad = tokenizer.pad_token_id
+    pad = _pad_id(tokenizer)  # masked out, and never a label
     ids = torch.tensor([lab.input_ids + [pad] * (width - len(lab.input_ids)) for lab in labs])
     att = torch.tensor([[1] * len(lab.input_ids) + [0] * (width - len(lab.input_ids))
                         for lab in labs])
@@ -188,6 +232,8 @@ def _padded_logits(model, tokenizer, labs: list[ChatLabels]):
     return ids, logits, labels.to(device)
 
 
+@checks(model=validate.model, tokenizer=hf_tokenizer, conversations=validate.nonempty,
+        assistant_only=flag)
 @torch.no_grad()
 def conversation_loss(model, tokenizer, conversations: Sequence, *,
                       assistant_only: bool = True) -> float:
@@ -203,6 +249,7 @@ def conversation_loss(model, tokenizer, conversations: Sequence, *,
         ignore_index=-100))
 
 
+@checks(model=validate.model, tokenizer=hf_tokenizer, conversations=validate.nonempty)
 @torch.no_grad()
 def loss_by_part(model, tokenizer, conversations: Sequence) -> dict:
     """Mean next-token loss (nats per token) on the assistant tokens ("answer") and on every
@@ -226,6 +273,7 @@ def loss_by_part(model, tokenizer, conversations: Sequence) -> dict:
 # --- training with TRL -----------------------------------------------------------------------
 
 
+@checks(tokenizer=hf_tokenizer)
 def chat_token_ids(tokenizer) -> list[int]:
     """The special tokens the chat template writes (role markers and <|end|>). A base model
     never saw them in pre-training, so their embeddings are untrained."""
@@ -235,24 +283,48 @@ def chat_token_ids(tokenizer) -> list[int]:
     return sorted({int(i) for i in ids if i in special})
 
 
-def lora_config(lora=True, chat_tokens: Sequence[int] | None = None):
-    """A peft LoraConfig on every attention and MLP projection (q/k/v/o, gate/up/down);
-    `lora` is True, a dict of LoraConfig fields overriding LORA_DEFAULTS, or a LoraConfig.
-    `chat_tokens` (ids) also makes those rows of the embedding trainable (peft's
-    trainable_token_indices; tied to the output layer), unless `lora` sets its own."""
+def lora_targets(model) -> list[str] | str:
+    """LoRA's target modules for `model`: the Llama-style projection names (LORA_TARGETS) where
+    the model has them all, else peft's "all-linear" (every nn.Linear and GPT-2 Conv1D but the
+    output layer: GPT-2's c_attn/c_proj/c_fc, GPT-NeoX's query_key_value/dense..., OPT's fc1)."""
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    return list(LORA_TARGETS) if names.issuperset(LORA_TARGETS) else "all-linear"
+
+
+def _embedding_name(model) -> str:
+    """The attribute name of the input embedding (embed_tokens, GPT-2's wte, NeoX's embed_in)."""
+    embedding = model.get_input_embeddings()
+    return next(name.rsplit(".", 1)[-1] for name, m in model.named_modules() if m is embedding)
+
+
+def lora_config(lora=True, chat_tokens: Sequence[int] | None = None, model=None):
+    """A peft LoraConfig on every attention and MLP projection (q/k/v/o, gate/up/down, or
+    `lora_targets(model)` when `model` is given); `lora` is True, a dict of LoraConfig fields
+    overriding LORA_DEFAULTS, or a LoraConfig. `chat_tokens` (ids) also makes those rows of the
+    embedding trainable (peft's trainable_token_indices; tied to the output layer), unless `lora`
+    sets its own."""
     from peft import LoraConfig
 
     if isinstance(lora, LoraConfig):
         return lora
     if lora is True:
         lora = {}
+    if chat_tokens is not None:
+        chat_tokens = [validate.integer(t, f"chat_tokens[{i}]", low=0)
+                       for i, t in enumerate(validate.items(chat_tokens, "chat_tokens", empty=True))]
+    if isinstance(lora, dict):
+        unknown = set(lora) - set(LoraConfig.__dataclass_fields__)
+        if unknown:
+            raise LabkitError(f"lora has unknown LoraConfig fields {sorted(unknown)}")
     if not isinstance(lora, dict):
         raise LabkitError(f"lora={lora!r} is not valid; use None (full fine-tuning), True, a dict "
                           "of LoraConfig fields such as {'r': 8} or a peft.LoraConfig")
-    params = {**LORA_DEFAULTS, "target_modules": list(LORA_TARGETS), "bias": "none",
+    targets = list(LORA_TARGETS) if model is None else lora_targets(model)
+    params = {**LORA_DEFAULTS, "target_modules": targets, "bias": "none",
               "task_type": "CAUSAL_LM", **lora}
     if chat_tokens and "trainable_token_indices" not in lora:
-        params["trainable_token_indices"] = {"embed_tokens": list(chat_tokens)}
+        embedding = "embed_tokens" if model is None else _embedding_name(model)
+        params["trainable_token_indices"] = {embedding: list(chat_tokens)}
     if not (isinstance(params["r"], int) and params["r"] >= 1):
         raise LabkitError(f"lora r={params['r']!r} must be an integer >= 1")
     return LoraConfig(**params)
@@ -388,7 +460,7 @@ def sft_trainer(model, tokenizer, dataset, *, steps: int, lr: float, batch_size:
     train_set = conversations_dataset(dataset)
     peft_config = None
     if lora is not None and lora is not False:
-        peft_config = lora_config(lora, chat_tokens=chat_token_ids(tokenizer))
+        peft_config = lora_config(lora, chat_tokens=chat_token_ids(tokenizer), model=model)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     bf16 = (device.startswith("cuda") and torch.cuda.is_bf16_supported()) if bf16 is None else bf16
     args = SFTConfig(
@@ -421,6 +493,9 @@ def _expose_head_bias(model) -> None:
         object.__setattr__(head, "bias", getattr(head.original_module, "bias", None))
 
 
+@checks(model=validate.model, tokenizer=hf_tokenizer, steps=positive_int, lr=positive,
+        batch_size=positive_int, assistant_only=flag, seed=ints(), warmup_steps=validate.nonnegative_int,
+        max_length=positive_int)
 def sft_train(model, tokenizer, dataset, *, steps: int, lr: float, batch_size: int,
               lora=None, assistant_only: bool = True, seed: int = 0, output_dir=None,
               warmup_steps: int = 0, max_length: int = 256, device: str | None = None,
@@ -465,6 +540,7 @@ def sft_train(model, tokenizer, dataset, *, steps: int, lr: float, batch_size: i
     return SFTRun(trained, history, trainable, total, wall, mem.peak_mib, state, config)
 
 
+@checks(model=validate.model, copy_first=flag)
 def merge_lora(model, *, copy_first: bool = True):
     """The adapter folded into the base weights (W + B A * alpha/r): a plain transformers model
     with the adapter's outputs and no adapter overhead. The input stays intact unless
@@ -480,12 +556,14 @@ def merge_lora(model, *, copy_first: bool = True):
     return merged
 
 
+@checks(runs=validate.mapping(lambda run, name: validate.instance(run, name, SFTRun)))
 def parameter_table(runs: dict) -> pd.DataFrame:
     """One row per SFTRun: trainable parameters, memory, time and final loss."""
     return pd.DataFrame([{"run": name, **run.summary()} for name, run in runs.items()]
                         ).set_index("run")
 
 
+@checks(runs=validate.mapping(lambda run, name: validate.instance(run, name, SFTRun)))
 def loss_curves_figure(runs: dict):
     """Training loss against step for several SFTRuns."""
     import plotly.graph_objects as go
@@ -501,17 +579,50 @@ def loss_curves_figure(runs: dict):
 # --- answering and judging -------------------------------------------------------------------
 
 
+def _chat_ids(tokenizer, messages, **kwargs) -> list[int]:
+    return list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
+                                              **kwargs)["input_ids"])
+
+
+def _end_of_turn_ids(tokenizer) -> list[int]:
+    """The special token the chat template writes right after an assistant's answer: <|end|>
+    here, ChatML's <|im_end|>, Llama 3's <|eot_id|>, the eos token in PLAIN_CHAT_TEMPLATE.
+    Found by rendering a turn, not by name; [] without a template (or with a textual end)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return []
+    user = [{"role": "user", "content": "?"}]
+    prompt = _chat_ids(tokenizer, user, add_generation_prompt=True)
+    full = _chat_ids(tokenizer, user + [{"role": "assistant", "content": "x"}])
+    start = next((i for i, (a, b) in enumerate(zip(prompt, full)) if a != b), len(prompt))
+    special = set(tokenizer.all_special_ids) | {
+        i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    return [t for t in full[start:] if t in special][:1]
+
+
 def _stop_ids(tokenizer) -> list[int]:
-    ids = [tokenizer.convert_tokens_to_ids(END_TOKEN), tokenizer.eos_token_id]
-    return [i for i in ids if i is not None and i != tokenizer.unk_token_id]
+    """Generation stops at the end of a turn or at eos (a base model's end of a document). Only
+    ids the vocabulary really has: a GPT-2 tokenizer maps unknown names to unk = eos."""
+    ids = [*_end_of_turn_ids(tokenizer), tokenizer.eos_token_id]
+    return list(dict.fromkeys(i for i in ids if i is not None))
+
+
+def _pad_id(tokenizer) -> int:
+    """The id to pad with: the pad token, else eos (GPT-2, Pythia and Llama ship no pad; padded
+    positions are masked out, so any id serves), else 0."""
+    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if token_id is not None:
+            return int(token_id)
+    return 0
 
 
 def _prompt_ids(tokenizer, question: str) -> list[int]:
     if not isinstance(question, str) or not question.strip():
         raise LabkitError(f"question={question!r} must be a non-empty string")
-    return list(tokenizer.apply_chat_template([{"role": "user", "content": question}],
-                                              tokenize=True, add_generation_prompt=True,
-                                              return_dict=True)["input_ids"])
+    if not getattr(tokenizer, "chat_template", None):
+        raise LabkitError("the tokenizer has no chat template to render the question as a user "
+                          f"turn; {NO_TEMPLATE_HINT}")
+    return _chat_ids(tokenizer, [{"role": "user", "content": question}],
+                     add_generation_prompt=True)
 
 
 def _plain_ids(tokenizer, question: str) -> list[int]:
@@ -520,6 +631,8 @@ def _plain_ids(tokenizer, question: str) -> list[int]:
     return list(tokenizer(question)["input_ids"])
 
 
+@checks(model=validate.model, tokenizer=hf_tokenizer, questions=texts, max_new_tokens=positive_int,
+        batch_size=positive_int, chat=flag)
 @torch.no_grad()
 def generate_answers(model, tokenizer, questions: Sequence[str], *, max_new_tokens: int = 40,
                      batch_size: int = 64, chat: bool = True) -> list[tuple[str, bool]]:
@@ -527,7 +640,7 @@ def generate_answers(model, tokenizer, questions: Sequence[str], *, max_new_toke
     at <|end|> (the template's end of an assistant turn, ended_turn=True) or at <|endoftext|>
     (the end of a pre-training document: a base model's way of stopping). chat=False feeds the
     bare question as plain text instead, as a base model would be prompted. Batches are
-    left-padded."""
+    left-padded (with eos when the tokenizer has no pad token, as GPT-2's)."""
     if max_new_tokens < 1:
         raise LabkitError(f"max_new_tokens={max_new_tokens} must be >= 1")
     prompts = [_prompt_ids(tokenizer, q) if chat else _plain_ids(tokenizer, q) for q in questions]
@@ -536,9 +649,7 @@ def generate_answers(model, tokenizer, questions: Sequence[str], *, max_new_toke
     if context is not None and longest + max_new_tokens > context:
         raise LabkitError(f"a prompt of {longest} tokens + max_new_tokens={max_new_tokens} "
                           f"exceeds the model's context of {context} tokens")
-    stops = _stop_ids(tokenizer)
-    end_id = tokenizer.convert_tokens_to_ids(END_TOKEN)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[-1]
+    stops, ends, pad = _stop_ids(tokenizer), _end_of_turn_ids(tokenizer), _pad_id(tokenizer)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -552,23 +663,26 @@ def generate_answers(model, tokenizer, questions: Sequence[str], *, max_new_toke
                                device=device)
             gen = model.generate(input_ids=ids, attention_mask=att, max_new_tokens=max_new_tokens,
                                  do_sample=False, top_k=None, top_p=None, temperature=None,
-                                 eos_token_id=stops, pad_token_id=pad)
+                                 eos_token_id=stops or None, pad_token_id=pad)
             for row in gen[:, width:].tolist():
                 cut = next((i for i, t in enumerate(row) if t in stops), None)
                 text = tokenizer.decode(row if cut is None else row[:cut],
                                         skip_special_tokens=True)
-                out.append((text.strip(), cut is not None and row[cut] == end_id))
+                out.append((text.strip(), cut is not None and row[cut] in ends))
     finally:
         model.train(was_training)
     return out
 
 
+@checks(model=validate.model, tokenizer=hf_tokenizer, question=validate.text,
+        max_new_tokens=positive_int)
 def answer(model, tokenizer, question: str, max_new_tokens: int = 40) -> str:
     """The model's greedy chat answer to one user question (the template's generation prompt,
     stopped at <|end|>)."""
     return generate_answers(model, tokenizer, [question], max_new_tokens=max_new_tokens)[0][0]
 
 
+@checks(text=validate.text)
 def repeated_bigram_share(text: str) -> float:
     """The share of word bigrams that already appeared earlier in the text (0 = no repeats)."""
     words = re.findall(r"\w+", text.lower())
@@ -578,6 +692,7 @@ def repeated_bigram_share(text: str) -> float:
     return 1.0 - len(set(bigrams)) / len(bigrams)
 
 
+@checks(response=validate.text, ended_turn=flag, subject=maybe(validate.text))
 def judge(response: str, ended_turn: bool, subject: str | None = None) -> dict:
     """Rule-based judge of format: the model ended its turn with <|end|>, the answer has words
     and ends a sentence (or a code block), it does not loop, and (when the question's subject
@@ -592,6 +707,8 @@ def judge(response: str, ended_turn: bool, subject: str | None = None) -> dict:
             "judge_ok": ended_turn and complete and share <= REPETITION_THRESHOLD and on_topic}
 
 
+@checks(model=validate.model, tokenizer=hf_tokenizer, max_new_tokens=positive_int,
+        batch_size=positive_int, chat=flag)
 def evaluate_answers(model, tokenizer, questions, *, max_new_tokens: int = 40,
                      batch_size: int = 64, chat: bool = True) -> pd.DataFrame:
     """Ask held-out questions ({'question', 'answer'} records, optionally 'subject', e.g.
@@ -618,6 +735,11 @@ def evaluate_answers(model, tokenizer, questions, *, max_new_tokens: int = 40,
     return pd.DataFrame(out)
 
 
+_ANSWERS = validate.frame("exact", "judge_ok", "correct", "ended_turn", "complete", "repetitive",
+                          "on_topic", "question", "expected", "response")
+
+
+@checks(frames=validate.mapping(_ANSWERS))
 def summarize_answers(frames: dict) -> pd.DataFrame:
     """One row per model: exact-match accuracy, the judge's pass rate, both at once
     ("correct": right and well-formed), and the judge's parts."""
@@ -631,6 +753,7 @@ def summarize_answers(frames: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("model")
 
 
+@checks(summary=validate.frame("exact_match", "judge_ok", "correct", "questions"))
 def accuracy_figure(summary: pd.DataFrame, title: str = "Held-out world questions"):
     """Grouped bars per model: exact match, the judge's pass rate, and both at once."""
     import plotly.graph_objects as go
@@ -646,6 +769,7 @@ def accuracy_figure(summary: pd.DataFrame, title: str = "Held-out world question
     return fig
 
 
+@checks(frames=validate.mapping(validate.frame("question", "expected", "response")), n=positive_int)
 def side_by_side(frames: dict, n: int = 5) -> pd.DataFrame:
     """The first n questions with each model's answer in its own column."""
     first = next(iter(frames.values())).head(n)
@@ -658,6 +782,8 @@ def side_by_side(frames: dict, n: int = 5) -> pd.DataFrame:
 # --- the shipped adapter ---------------------------------------------------------------------
 
 
+@checks(out=maybe(validate.path_like), steps=maybe(positive_int),
+        heldout=maybe(validate.nonnegative_int), echo=function)
 def build_sft_adapter(out=None, *, steps: int | None = None, heldout: int | None = None,
                       echo=print) -> dict:
     """Train the shipped SFT adapter: LoRA on the curated set from the shipped base model, saved

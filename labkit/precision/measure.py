@@ -18,6 +18,10 @@ DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16,
           "fp16": torch.float16}
 
 
+# The MLP's output projection in the standard families: Llama/Qwen2/Mistral, GPT-2, GPT-NeoX, OPT.
+MLP_DOWN_PROJECTIONS = ("mlp.down_proj", "mlp.c_proj", "mlp.dense_4h_to_h", ".fc2")
+
+
 def capture_tensors(model, batch: dict) -> dict[str, torch.Tensor]:
     """Weights, activations and gradients of one real forward/backward pass, flattened.
 
@@ -26,7 +30,7 @@ def capture_tensors(model, batch: dict) -> dict[str, torch.Tensor]:
     """
     acts: list[torch.Tensor] = []
     hooks = [m.register_forward_hook(lambda _m, args, _out: acts.append(args[0].detach().flatten()))
-             for name, m in model.named_modules() if name.endswith("mlp.down_proj")]
+             for name, m in model.named_modules() if name.endswith(MLP_DOWN_PROJECTIONS)]
     model.zero_grad(set_to_none=True)
     try:
         model.train()

@@ -1,4 +1,7 @@
-"""Whole-model quantization: every nn.Linear swapped for a QuantLinear that stores codes.
+"""Whole-model quantization: every linear layer swapped for a QuantLinear that stores codes.
+
+Linear layers are nn.Linear and, in GPT-2's family, transformers' Conv1D (the same map with the
+weight stored transposed); a QuantLinear always holds the (out_features, in_features) weight.
 
 A QuantLinear keeps only what a deployment would store: the integer codes (packed, `bits` bits
 each, so 2 codes per byte at 4 bits), the scales (and zero points), plus the permutation
@@ -18,9 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import validate
+from ..env import bnb_cpu_4bit_kernel_ok
 from ..errors import LabkitError
 from .awq import awq_quantize_model
-from .gptq import gptq_quantize_model, linear_layers
+from .gptq import gptq_quantize_model, in_features, is_linear, linear_layers, linear_weight
 from .llm_int8 import DEFAULT_THRESHOLD, Int8Weight, int8_quantize_weight, llm_int8_matmul
 from .nf4 import NF4Tensor, nf4_quantize
 from .schemes import (
@@ -46,6 +51,8 @@ class QuantLinear(nn.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, method: str, bias=None, **meta):
+        validate.positive_int(in_features, "in_features"), validate.positive_int(out_features, "out_features")
+        validate.one_of(method, "method", METHODS)
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.method = method
@@ -179,6 +186,7 @@ def _load_codes(stored: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
 def stored_bytes(module: nn.Module) -> int:
     """Bytes of the tensors a checkpoint of `module` holds (its state_dict), each shared tensor
     (a tied embedding) counted once."""
+    validate.model(module, "module")
     seen, total = set(), 0
     for t in module.state_dict(keep_vars=True).values():
         key = (t.untyped_storage().data_ptr(), t.dtype, tuple(t.shape))
@@ -191,7 +199,8 @@ def stored_bytes(module: nn.Module) -> int:
 
 def linear_stored_bytes(model: nn.Module) -> int:
     """Bytes held by the linear layers alone (quantized or not), biases included."""
-    return sum(stored_bytes(m) for m in model.modules() if isinstance(m, nn.Linear | QuantLinear))
+    validate.model(model)
+    return sum(stored_bytes(m) for m in model.modules() if is_linear(m) or isinstance(m, QuantLinear))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -199,9 +208,10 @@ def linear_stored_bytes(model: nn.Module) -> int:
 
 
 def replace_linears(
-    model: nn.Module, make: Callable[[str, nn.Linear], nn.Module], include_lm_head=False
+    model: nn.Module, make: Callable[[str, nn.Module], nn.Module], include_lm_head=False
 ) -> nn.Module:
-    """Swap each nn.Linear (lm_head excluded unless asked) for make(name, linear)."""
+    """Swap each linear layer (nn.Linear or Conv1D; lm_head excluded unless asked) for
+    make(name, layer)."""
     for name, linear in linear_layers(model, include_lm_head).items():
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
@@ -231,6 +241,7 @@ def quantize_model(
     "gptq" and "awq" (both need `calib`, token ids (n, seq_len)). group_size None means one
     scale per output channel; otherwise it must divide every quantized layer's in_features.
     """
+    validate.model(model)
     if scheme not in METHODS:
         raise LabkitError(f"scheme={scheme!r} is not known; valid: {', '.join(METHODS)}")
     check_bits(bits)
@@ -242,10 +253,10 @@ def quantize_model(
         raise LabkitError(f"scheme {scheme!r} needs calib: calibration token ids (n, seq_len)")
     layers = linear_layers(model, include_lm_head)
     if not layers:
-        raise LabkitError("the model has no nn.Linear layers to quantize")
+        raise LabkitError("the model has no linear layers (nn.Linear or Conv1D) to quantize")
     if group_size is not None and scheme in INTEGER_METHODS:
         for name, layer in layers.items():
-            check_group_size(group_size, layer.in_features, name)
+            check_group_size(group_size, in_features(layer), name)
 
     model = model if inplace else copy.deepcopy(model)
     granularity = "group" if group_size else "channel"
@@ -254,19 +265,20 @@ def quantize_model(
     if scheme in INTEGER_METHODS[:3]:
 
         def make(name, lin):
-            q = quantize(lin.weight.detach(), bits, number_scheme, granularity, group_size, name)
+            w = linear_weight(lin).detach()
+            q = quantize(w, bits, number_scheme, granularity, group_size, name)
             return QuantLinear.from_quantized(q, lin.bias, method=scheme)
 
     elif scheme == "nf4":
 
         def make(name, lin):
-            t = nf4_quantize(lin.weight.detach(), group_size or 64, double_quant, name)
+            t = nf4_quantize(linear_weight(lin).detach(), group_size or 64, double_quant, name)
             return QuantLinear.from_nf4(t, lin.bias)
 
     elif scheme == "llm_int8":
 
         def make(name, lin):
-            w = int8_quantize_weight(lin.weight.detach(), name)
+            w = int8_quantize_weight(linear_weight(lin).detach(), name)
             return QuantLinear.from_int8(w, lin.bias, threshold)
 
     elif scheme == "gptq":
@@ -310,7 +322,9 @@ def quantize_model(
 
 def valid_group_sizes(model: nn.Module, candidates=(16, 32, 64, 128, 256), include_lm_head=False):
     """The candidate group sizes that divide every linear layer's in_features."""
-    dims = {m.in_features for m in linear_layers(model, include_lm_head).values()}
+    validate.model(model)
+    candidates = [validate.positive_int(g, "candidates") for g in validate.items(candidates, "candidates")]
+    dims = {in_features(m) for m in linear_layers(model, include_lm_head).values()}
     return [g for g in candidates if all(d % g == 0 for d in dims)]
 
 
@@ -323,14 +337,16 @@ BNB_MODES = ("int8", "nf4")
 def load_bnb_model(path, mode: str = "int8", device: str | None = None, double_quant=True):
     """Load a saved causal LM with transformers' BitsAndBytesConfig: "int8" or "nf4".
 
-    On CPU (bitsandbytes >= 0.46) both load. bitsandbytes 0.50.2's CPU dequantize_4bit kernel
-    reads the wrong block scale when a weight's row length is even and not a multiple of the
-    blocksize (64), so such an NF4 model silently computes wrong outputs on CPU: that case is
-    refused here with a LabkitError (on CUDA it is fine).
+    On CPU (bitsandbytes >= 0.46) both load. On some CPUs bitsandbytes 0.50's native CPU
+    dequantize_4bit kernel reads the wrong block scale when a weight's row length is even and
+    not a multiple of the blocksize (64), so such an NF4 model would silently compute wrong
+    outputs: when the probe (`labkit.env.bnb_cpu_4bit_kernel_ok`) finds the kernel wrong on this
+    machine, that case is refused with a LabkitError (on CUDA, and where the probe passes, it
+    loads).
     """
     if mode not in BNB_MODES:
         raise LabkitError(f"mode={mode!r} is not known; valid: {', '.join(BNB_MODES)}")
-    path = Path(path)
+    path = Path(validate.path_like(path, "path"))
     if not (path / "config.json").is_file():
         raise LabkitError(
             f"{str(path)!r} is not a saved model folder (no config.json); save one with "
@@ -358,10 +374,11 @@ def load_bnb_model(path, mode: str = "int8", device: str | None = None, double_q
             bnb_4bit_compute_dtype=dtype,
         )
     model = AutoModelForCausalLM.from_pretrained(
-        path, quantization_config=config, device_map={"": device}, dtype=dtype
+        path, quantization_config=config, device_map={"": device}, dtype=dtype,
+        use_safetensors=True, trust_remote_code=False,
     )
     model.eval()  # Linear8bitLt in training mode on CPU skips the outlier decomposition
-    if mode == "nf4" and str(device).startswith("cpu"):
+    if mode == "nf4" and str(device).startswith("cpu") and bnb_cpu_4bit_kernel_ok() is False:
         import bitsandbytes as bnb
 
         for name, m in model.named_modules():
@@ -371,6 +388,7 @@ def load_bnb_model(path, mode: str = "int8", device: str | None = None, double_q
                     raise LabkitError(
                         f"{name} has in_features={m.in_features}, not a multiple of the NF4 "
                         f"blocksize {blocksize}: bitsandbytes' CPU 4-bit kernel computes it "
-                        "wrongly; use in_features divisible by 64, a GPU, or labkit's nf4"
+                        "wrongly on this machine (probed); use in_features divisible by 64, a "
+                        "GPU, or labkit's nf4"
                     )
     return model

@@ -23,7 +23,15 @@ import torch
 from torch import nn
 
 from ..errors import LabkitError
-from .gptq import InputStats, linear_layers, output_error, sequential_quantize
+from .gptq import (
+    InputStats,
+    check_model_inputs,
+    in_features,
+    linear_layers,
+    linear_weight,
+    output_error,
+    sequential_quantize,
+)
 from .schemes import QuantizedTensor, check_bits, check_finite, check_group_size, quantize
 
 
@@ -55,8 +63,10 @@ def awq_search(
     """Search alpha in {0, 1/n_grid, ..., (n_grid-1)/n_grid} for one linear weight."""
     check_bits(bits)
     check_finite(w, name)
-    if not isinstance(n_grid, int) or n_grid < 1:
+    if isinstance(n_grid, bool) or not isinstance(n_grid, int) or n_grid < 1:
         raise LabkitError(f"n_grid={n_grid!r} must be a positive integer")
+    if not isinstance(stats, InputStats):
+        raise LabkitError(f"stats must be InputStats (from input_stats), got {type(stats).__name__}")
     W = w.detach().float()
     if stats.mean_abs.numel() != W.shape[1]:
         raise LabkitError(
@@ -93,14 +103,15 @@ def awq_quantize_model(
     progress: Callable[[int, int, str], None] | None = None,
 ) -> dict[str, AWQResult]:
     """AWQ over every linear layer in forward order (each layer sees quantized upstream layers)."""
-    check_bits(bits)
+    check_model_inputs(model, calib, bits, scheme, batch_size)
     for name, layer in linear_layers(model, include_lm_head).items():
         if group_size:
-            check_group_size(group_size, layer.in_features, name)
+            check_group_size(group_size, in_features(layer), name)
     results: dict[str, AWQResult] = {}
 
     def quantize_layer(name, layer, stats):
-        res = awq_search(layer.weight.detach().cpu(), stats, bits, group_size, scheme, n_grid, name)
+        w = linear_weight(layer).detach().cpu()
+        res = awq_search(w, stats, bits, group_size, scheme, n_grid, name)
         results[name] = res
         return res.weight
 

@@ -26,12 +26,14 @@ each layer corrects for the errors upstream of it.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .. import validate
 from ..errors import LabkitError
 from .schemes import (
     QuantizedTensor,
@@ -79,6 +81,9 @@ class InputStats:
 
 def input_stats(x: torch.Tensor) -> InputStats:
     """InputStats of a tensor of inputs (..., in_features)."""
+    check_finite(x, "x")
+    if x.dim() < 1 or x.numel() == 0:
+        raise LabkitError(f"x must hold at least one input vector, got shape {tuple(x.shape)}")
     stats = InputStats(x.shape[-1])
     stats.add(x)
     return stats
@@ -86,6 +91,11 @@ def input_stats(x: torch.Tensor) -> InputStats:
 
 def output_error(w: torch.Tensor, w_hat: torch.Tensor, hessian: torch.Tensor) -> float:
     """Mean over calibration tokens of ||W x - W_hat x||^2, from H = 2 X^T X / n alone."""
+    check_finite(w, "w"), check_finite(w_hat, "w_hat"), check_finite(hessian, "hessian")
+    if w_hat.shape != w.shape or w.dim() != 2 or hessian.shape != (w.shape[1], w.shape[1]):
+        raise LabkitError(f"w_hat must have the shape of w {tuple(w.shape)} and hessian "
+                          f"({w.shape[-1]}, {w.shape[-1]}); got w_hat {tuple(w_hat.shape)}, "
+                          f"hessian {tuple(hessian.shape)}")
     delta = (w.float() - w_hat.float()).double()
     return float(torch.einsum("ij,jk,ik->", delta, hessian.double(), delta) / 2)
 
@@ -107,6 +117,8 @@ class GPTQResult:
 
 def rtn_quantize_weight(w, bits=4, group_size=None, scheme="zeropoint", name="weight"):
     """Round-to-nearest with GPTQ's quantizer: the baseline GPTQ is measured against."""
+    if group_size is not None:
+        check_group_size(group_size, w.shape[-1] if torch.is_tensor(w) else 0, name)
     granularity = "group" if group_size else "channel"
     return fake_quantize(w, bits, scheme, granularity, group_size, name)
 
@@ -125,16 +137,15 @@ def gptq_quantize_weight(
     """GPTQ for one weight (out_features, in_features) given H (in_features, in_features)."""
     check_bits(bits)
     check_finite(w, name)
+    check_finite(hessian, "hessian")
     level_range(bits, scheme)
     if w.dim() != 2 or hessian.shape != (w.shape[1], w.shape[1]):
         raise LabkitError(
-            f"{name}: weight {tuple(w.shape)} needs a Hessian of shape "
+            f"{name}: weight {tuple(w.shape)} needs a hessian of shape "
             f"({w.shape[-1]}, {w.shape[-1]}), got {tuple(hessian.shape)}"
         )
-    if not 0 < damp < 1:
-        raise LabkitError(f"damp={damp!r} must be in (0, 1): a fraction of mean(diag H)")
-    if block_size < 1:
-        raise LabkitError(f"block_size={block_size!r} must be a positive integer")
+    validate.nums(0.0, 1.0, low_open=True, high_open=True)(damp, "damp")
+    validate.positive_int(block_size, "block_size")
     rows, cols = w.shape
     if group_size:
         check_group_size(group_size, cols, name)
@@ -219,14 +230,45 @@ def dequantize_result(result: GPTQResult) -> torch.Tensor:
 # A whole model, layer by layer
 
 
-def linear_layers(model: nn.Module, include_lm_head: bool = False) -> dict[str, nn.Linear]:
-    """The model's nn.Linear modules in registration (= forward) order, lm_head left out."""
+def is_linear(module: nn.Module) -> bool:
+    """An nn.Linear, or transformers' Conv1D: GPT-2's projections compute the same x W^T + b
+    but store the weight transposed, (in_features, out_features). Quantizers treat it as a
+    linear layer with that weight transposed (as AutoGPTQ and bitsandbytes' replacement do)."""
+    # A Conv1D exists only once transformers.pytorch_utils is imported: no import needed here.
+    conv1d = getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
+    return isinstance(module, nn.Linear) or (conv1d is not None and isinstance(module, conv1d))
+
+
+def linear_weight(layer: nn.Module) -> torch.Tensor:
+    """The (out_features, in_features) weight of an nn.Linear or a Conv1D (a transposed view)."""
+    return layer.weight if isinstance(layer, nn.Linear) else layer.weight.t()
+
+
+def in_features(layer: nn.Module) -> int:
+    return linear_weight(layer).shape[1]
+
+
+@torch.no_grad()
+def set_linear_weight(layer: nn.Module, w: torch.Tensor) -> None:
+    """Write an (out_features, in_features) weight into an nn.Linear or a Conv1D."""
+    linear_weight(layer).copy_(w.to(layer.weight.dtype))
+
+
+def linear_layers(model: nn.Module, include_lm_head: bool = False) -> dict[str, nn.Module]:
+    """The model's linear layers (nn.Linear, or Conv1D in GPT-2's family) in registration
+    (= forward) order, lm_head left out."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     return {
         name: m
         for name, m in model.named_modules()
-        if isinstance(m, nn.Linear) and (include_lm_head or (m is not head and name != "lm_head"))
+        if is_linear(m) and (include_lm_head or (m is not head and name != "lm_head"))
     }
+
+
+def check_model_inputs(model, calib, bits, scheme, batch_size) -> None:
+    """The arguments every whole-model quantizer takes, checked before any layer is touched."""
+    validate.model(model), check_bits(bits), level_range(bits, scheme)
+    validate.positive_int(batch_size, "batch_size"), calibration_batches(calib, batch_size)
 
 
 def calibration_batches(calib, batch_size: int = 8) -> list[torch.Tensor]:
@@ -242,7 +284,10 @@ def calibration_batches(calib, batch_size: int = 8) -> list[torch.Tensor]:
                 f"{calib.dtype}"
             )
         return list(calib.split(batch_size))
-    batches = [torch.as_tensor(c) for c in calib]
+    if isinstance(calib, (str, bytes, dict)) or not isinstance(calib, Iterable):
+        raise LabkitError(f"calib must be token ids (n, seq_len), got {type(calib).__name__}")
+    batches = [validate.token_ids(c, f"calib[{i}]") for i, c in enumerate(calib)]
+    batches = [torch.as_tensor(c) for c in batches]
     if not batches:
         raise LabkitError("calib is empty: pass at least one sequence of token ids")
     return [b if b.dim() == 2 else b.unsqueeze(0) for b in batches]
@@ -255,7 +300,7 @@ class _StopForward(Exception):
 @torch.no_grad()
 def capture_input_stats(model: nn.Module, layer: nn.Module, batches: Iterable) -> InputStats:
     """Run the calibration batches through the model up to `layer` and collect its inputs."""
-    stats = InputStats(layer.in_features)
+    stats = InputStats(in_features(layer))
 
     def hook(module, args):
         stats.add(args[0])
@@ -322,7 +367,7 @@ def _shared_input_group(block, layers, names, inputs) -> tuple[list[str], InputS
     take along the layers right after it that are fed the very same tensor (q, k and v read one
     normalised hidden state, gate and up another). Their inputs cannot depend on each other's
     weights, so one capture serves the whole group exactly."""
-    stats, group, state = InputStats(layers[names[0]].in_features), [], {}
+    stats, group, state = InputStats(in_features(layers[names[0]])), [], {}
 
     def hook(module, args, name):
         x = args[0]
@@ -360,8 +405,7 @@ def _blockwise_quantize(model, batches, layers, quantize_layer, progress, path, 
         while remaining:
             group, stats = _shared_input_group(block, layers, remaining, inputs)
             for name in group:
-                w_hat = quantize_layer(name, layers[name], stats)
-                layers[name].weight.data.copy_(w_hat.to(layers[name].weight.dtype))
+                set_linear_weight(layers[name], quantize_layer(name, layers[name], stats))
                 done += 1
                 if progress is not None:
                     progress(done, len(layers), name)
@@ -377,7 +421,7 @@ def _blockwise_quantize(model, batches, layers, quantize_layer, progress, path, 
 def sequential_quantize(
     model: nn.Module,
     calib,
-    quantize_layer: Callable[[str, nn.Linear, InputStats], torch.Tensor],
+    quantize_layer: Callable[[str, nn.Module, InputStats], torch.Tensor],
     include_lm_head: bool = False,
     batch_size: int = 8,
     progress: Callable[[int, int, str], None] | None = None,
@@ -406,8 +450,7 @@ def sequential_quantize(
             return
         for k, (name, layer) in enumerate(layers.items()):
             stats = capture_input_stats(model, layer, batches)
-            w_hat = quantize_layer(name, layer, stats)
-            layer.weight.data.copy_(w_hat.to(layer.weight.dtype))
+            set_linear_weight(layer, quantize_layer(name, layer, stats))
             if progress is not None:
                 progress(k + 1, len(layers), name)
     finally:
@@ -432,15 +475,15 @@ def gptq_quantize_model(
     Returns {layer name: GPTQResult} with each layer's GPTQ and RTN output errors measured on
     the same captured calibration inputs.
     """
-    check_bits(bits)
+    check_model_inputs(model, calib, bits, scheme, batch_size)
     for name, layer in linear_layers(model, include_lm_head).items():
         if group_size:
-            check_group_size(group_size, layer.in_features, name)
+            check_group_size(group_size, in_features(layer), name)
     results: dict[str, GPTQResult] = {}
 
     def quantize_layer(name, layer, stats):
         H = stats.hessian
-        W = layer.weight.detach().float().cpu()
+        W = linear_weight(layer).detach().float().cpu()
         res = gptq_quantize_weight(
             W, H, bits, group_size, scheme, block_size, damp, act_order, name
         )

@@ -25,7 +25,7 @@ from ..evaluation.perplexity import (
     prefix_token_id,
 )
 from .apply import QuantLinear, quantize_model, stored_bytes
-from .gptq import _device_of, linear_layers
+from .gptq import _device_of, in_features, linear_layers, set_linear_weight
 from .nf4 import BLOCKSIZES
 
 FP32 = "fp32"
@@ -132,8 +132,7 @@ def dequantized_copy(model: nn.Module, quantized: nn.Module) -> nn.Module:
                 if module.method == "llm_int8":
                     raise LabkitError(f"{name}: LLM.int8 quantizes activations too; evaluate "
                                       "the quantized model itself")
-                target = out.get_submodule(name).weight
-                target.copy_(module.dequantized_weight().to(target.dtype))
+                set_linear_weight(out.get_submodule(name), module.dequantized_weight())
     return out
 
 
@@ -199,7 +198,7 @@ class TradeoffBench:
 
     @property
     def in_features(self) -> list[int]:
-        return [m.in_features for m in linear_layers(self.model).values()]
+        return [in_features(m) for m in linear_layers(self.model).values()]
 
     def measure(self, scheme: str, bits: int = 4, group_size: int | None = None,
                 progress: Callable[[float, str], None] | None = None) -> dict:
@@ -229,8 +228,9 @@ class TradeoffBench:
                                  progress=lambda i, n: report(0.5 + 0.4 * i / n, "knowledge test"))
             report(0.9, "latency")
             prompt = self.tokenizer(self.texts[0], return_tensors="pt")["input_ids"][:, :8]
-            wall_ms, cpu_ms = decode_latency(quantized, prompt, self.latency_tokens,
-                                             self.tokenizer.pad_token_id)
+            pad = self.tokenizer.pad_token_id  # GPT-2's tokenizer has none: eos, as generate()
+            pad = self.tokenizer.eos_token_id if pad is None else pad
+            wall_ms, cpu_ms = decode_latency(quantized, prompt, self.latency_tokens, pad)
         # the layers that get quantized (the tied embedding / lm_head stays in fp32)
         names = list(linear_layers(self.model))
         n_linear = sum(self.model.get_submodule(n).weight.numel() for n in names)

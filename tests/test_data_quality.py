@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import random
+import re
+import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from labkit.data import (
     Accounting,
@@ -19,6 +23,8 @@ from labkit.data import (
     gopher_repetition_reason,
     run_pipeline,
 )
+from labkit.data.quality import words_of
+from labkit.loaders import load_records
 
 LINES = [
     "The river runs through the valley and feeds the old farms with water.",
@@ -168,3 +174,86 @@ def test_steps_record_the_rule_as_drop_reason(step, cases):
     assert (row["step"], row["in"], row["kept"], row["dropped"]) == (
         step.__name__, len(docs), 1, len(cases))
     assert row["reasons"] == dict.fromkeys(cases, 1)
+
+
+# ------------------------------------------------- the Gopher quality rule's word tokenizer
+def _nltk_words(text: str) -> list[str]:
+    """NLTK's word_tokenize as datatrove ran it for FineWeb (Punkt sentences, then Treebank);
+    the untrained Punkt model stands in for the downloaded English one."""
+    from nltk.tokenize import NLTKWordTokenizer
+    from nltk.tokenize.punkt import PunktSentenceTokenizer
+
+    tokens = [t for s in PunktSentenceTokenizer().tokenize(text)
+              for t in NLTKWordTokenizer().tokenize(s)]
+    return [_same_quote(t) for t in tokens]
+
+
+def _same_quote(token: str) -> str:
+    return '"' if token in ("``", "''", '"') else token  # Treebank rewrites double quotes
+
+
+WORD_CASES = [
+    "We used t-SNE to plot the embeddings. Don't stop now!",
+    "Smith's cat can't sleep; it cannot rest, so they're awake and I'm tired.",
+    "It costs $5 (3.14 per unit), 1,000 units at 12:30 or 50% off -- really...",
+    'x=1; print(x) # a comment with foo.bar and "quoted text."',
+    "O'Brien sings rock'n'roll at the state-of-the-art hall? Yes!",
+    "Write to mira@example.org or visit 203.0.113.5 today.",
+]
+
+
+@pytest.mark.parametrize("text", WORD_CASES)
+def test_words_match_nltk_word_tokenize(text):
+    assert [_same_quote(w) for w in words_of(text)] == _nltk_words(text)
+
+
+def test_words_match_nltk_on_the_heldout_corpus():
+    texts = [r["text"] for r in load_records("heldout")][:60]
+    for text in texts:
+        assert [_same_quote(w) for w in words_of(text)] == _nltk_words(text)
+
+
+def test_hyphenated_words_and_contractions_keep_the_alpha_rule():
+    assert words_of("t-SNE") == ["t-SNE"]
+    assert words_of("don't") == ["do", "n't"]
+    assert words_of("e.g. U.S. cannot") == ["e.g.", "U.S.", "can", "not"]
+    # Every token of a code-heavy English sentence with contractions has a letter, except the
+    # sentence's period: one punctuation token in eight, where runs of letters and of
+    # punctuation made three in ten (t - SNE, don ' t).
+    text = " ".join(["We don't use t-SNE here, it's slow."] * 10)
+    tokens = words_of(text)
+    alpha = sum(any(c.isalpha() for c in t) for t in tokens) / len(tokens)
+    assert alpha > 0.8
+    runs = re.findall(r"\w+|[^\w\s]+", text)
+    assert sum(any(c.isalpha() for c in t) for t in runs) / len(runs) < 0.8
+    padded = text + " " + CLEAN
+    assert gopher_quality_reason(padded) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(list("ab1 .,:;'-\"()$#@\n") + ["n't", "'s", "...", "can"]),
+                max_size=80).map("".join))
+def test_property_words_cover_every_character_once(text):
+    tokens = words_of(text)
+    assert all(t and not any(c.isspace() for c in t) for t in tokens)
+    assert "".join(tokens) == re.sub(r"\s", "", text)
+
+
+def _scaling(fn, unit: str, small: int = 8 << 10, large: int = 512 << 10) -> tuple[float, float]:
+    """(best time on `small` characters of unit repeated, best time on `large`), interleaved."""
+    texts = [(unit * (size // len(unit) + 1))[:size] for size in (small, large)]
+    best = [float("inf"), float("inf")]
+    for _ in range(3):
+        for i, text in enumerate(texts):
+            start = time.perf_counter()
+            fn(text)
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best[0], best[1]
+
+
+@pytest.mark.parametrize("unit", ["a-", "a.", "a'", "1,", "n't", "can"])
+def test_words_take_linear_time_on_adversarial_runs(unit):
+    # 64x the input: linear code takes about 64x the time (up to ~5x more per character once
+    # the text outgrows the CPU caches, measured on a loaded machine); quadratic takes 4096x.
+    small, large = _scaling(words_of, unit)
+    assert large < 1000 * small + 0.05, (unit, small, large)

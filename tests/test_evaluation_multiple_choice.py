@@ -231,3 +231,131 @@ def test_offline_hubs_restores_environment(monkeypatch):
     with offline_hubs():
         assert os.environ["HF_DATASETS_OFFLINE"] == "1"
     assert "HF_DATASETS_OFFLINE" not in os.environ
+
+
+# ------------------------------------------------ ARC-shaped items and MMLU's letter scoring
+def _lm_eval_task_config(relative: str) -> dict:
+    """One of lm-eval's own task files (the installed package's), as a dict."""
+    from pathlib import Path
+
+    import lm_eval
+    import yaml
+
+    text = (Path(lm_eval.__file__).parent / "tasks" / relative).read_text()
+    return yaml.safe_load(text)
+
+
+def arc_items(count: int = 12) -> list[dict]:
+    """make_items in ARC's shape: choices {text, label}, answerKey (labels A-D or 1-4)."""
+    items = []
+    for i, item in enumerate(make_items(count)):
+        labels = list("ABCD") if i % 2 else ["1", "2", "3", "4"]
+        items.append({"id": item["id"], "question": item["question"],
+                      "choices": {"text": item["choices"], "label": labels},
+                      "answerKey": labels[item["answer"]]})
+    return items
+
+
+def test_arc_items_become_mmlu_shaped():
+    checked = validate_items(arc_items(4))
+    assert [c["choices"] for c in checked] == [i["choices"] for i in make_items(4)]
+    assert [c["answer"] for c in checked] == [i["answer"] for i in make_items(4)]
+    assert checked[1]["labels"] == list("ABCD") and checked[0]["labels"] == ["1", "2", "3", "4"]
+    bad = {**arc_items(1)[0], "answerKey": "E"}
+    with pytest.raises(LabkitError, match="answerKey='E' is not one of the labels"):
+        validate_items([bad])
+    with pytest.raises(LabkitError, match="same length"):
+        validate_items([{**bad, "choices": {"text": ["a", "b"], "label": ["A"]}}])
+    with pytest.raises(LabkitError, match="no 'answerKey'"):
+        validate_items([{"question": "q", "choices": {"text": ["a", "b"], "label": ["A", "B"]}}])
+
+
+def test_letter_prompt_is_lm_evals_mmlu_prompt():
+    from lm_eval.utils import apply_template
+
+    from labkit.evaluation import LETTER_TEMPLATE, MMLU_DESCRIPTION
+
+    mmlu = _lm_eval_task_config("mmlu/default/_default_template_yaml")
+    for item in make_items(4):
+        item = {**item, "question": f"  {item['question']} "}  # MMLU strips the question
+        assert render_prompt(item, LETTER_TEMPLATE) == apply_template(mmlu["doc_to_text"], item)
+    anatomy = _lm_eval_task_config("mmlu/default/mmlu_anatomy.yaml")
+    assert render_prompt({"subject": "anatomy"}, MMLU_DESCRIPTION) == anatomy["description"]
+    with pytest.raises(LabkitError, match="scoring='words'"):
+        score_items(None, None, make_items(1), scoring="words")
+
+
+def test_letters_and_arc_scores_equal_lm_eval(tmp_path, tokenizer, model):
+    """lm-eval's own MMLU and ARC-Easy prompt formats on local data, against labkit's
+    letter scoring and its ARC-shaped items: the same log-likelihoods, the same accuracies."""
+    import yaml
+
+    from labkit.evaluation import MMLU_DESCRIPTION
+
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    mmlu_items = [{**item, "subject": "valley_trade"} for item in make_items()]
+    data = {"letters": write_jsonl(tmp_path / "letters.jsonl", mmlu_items),
+            "arc": write_jsonl(tmp_path / "arc.jsonl", arc_items())}
+    mmlu = _lm_eval_task_config("mmlu/default/_default_template_yaml")
+    arc = _lm_eval_task_config("arc/arc_easy.yaml")
+    metrics = [{"metric": m, "aggregation": "mean", "higher_is_better": True}
+               for m in ("acc", "acc_norm")]
+    tasks = {
+        "letters": {**{k: mmlu[k] for k in ("output_type", "doc_to_text", "doc_to_choice",
+                                            "doc_to_target")},
+                    "description": "The following are multiple choice questions (with answers) "
+                                   "about valley trade.\n\n"},
+        "arc": {k: arc[k] for k in ("output_type", "doc_to_text", "doc_to_choice",
+                                    "doc_to_target")},
+    }
+    (tmp_path / "tasks").mkdir()
+    for name, config in tasks.items():
+        config = {"task": f"mc_{name}", "dataset_path": "json",
+                  "dataset_kwargs": {"data_files": {"test": str(data[name])}},
+                  "test_split": "test", **config, "metric_list": metrics,
+                  "metadata": {"version": 1.0}}
+        (tmp_path / "tasks" / f"{name}.yaml").write_text(yaml.safe_dump(config))
+    run = run_lm_eval(model_dir, tmp_path / "tasks", ["mc_letters", "mc_arc"])
+
+    ours = {"letters": score_items(model, tokenizer, mmlu_items, scoring="letters",
+                                   description=MMLU_DESCRIPTION),
+            "arc": score_items(model, tokenizer, arc_items())}
+    for name, scores in ours.items():
+        for metric in ("acc", "acc_norm"):
+            assert run.metric(f"mc_{name}", metric) == scores[metric].mean(), (name, metric)
+        theirs = run.samples[f"mc_{name}"].sort_values("doc_id").reset_index(drop=True)
+        for doc_id, row in theirs.iterrows():
+            assert row["target"] == scores.loc[doc_id, "answer"]
+            assert row["logprobs"] == pytest.approx(scores.loc[doc_id, "logprobs"], abs=1e-4)
+    letters = ours["letters"]
+    assert (letters["acc"] == letters["acc_norm"]).all()  # one character per letter
+    assert letters["logprobs"].tolist() != ours["arc"]["logprobs"].tolist()
+
+
+def test_shipped_lm_eval_task_runs_from_any_directory(tmp_path, monkeypatch):
+    """data_samples/benchmarks/lm_eval/world_knowledge.yaml, as the stock `lm_eval
+    --include_path` reads it, from a directory that is not the repository root: its items load
+    and the first 6 score as labkit scores them."""
+    import sys
+
+    from transformers import AutoTokenizer
+
+    from labkit.loaders import load_model
+    from labkit.samples import sample_path
+
+    task_dir = sample_path("benchmarks/lm_eval")
+    lines = (task_dir / "world_knowledge.yaml").read_text().splitlines()
+    assert not [line for line in lines if "data_files" in line and not line.startswith("#")]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # no __pycache__ in data_samples
+    run = run_lm_eval(sample_path("models/base"), task_dir, ["world_knowledge"], limit=6)
+    model = load_model("base")
+    tokenizer = AutoTokenizer.from_pretrained(sample_path("models/base"))
+    ours = score_items(model, tokenizer,
+                       load_items(sample_path("benchmarks/knowledge_mc.jsonl"))[:6])
+    assert run.metric("world_knowledge", "acc") == ours["acc"].mean()
+    assert run.metric("world_knowledge", "acc_norm") == ours["acc_norm"].mean()
+    theirs = run.samples["world_knowledge"].sort_values("doc_id").reset_index(drop=True)
+    assert theirs["target"].tolist() == ours["answer"].tolist()

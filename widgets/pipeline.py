@@ -329,7 +329,7 @@ class PipelineExplorer:
     @staticmethod
     def _gopher_stats(text: str) -> tuple[int, int, str | None, float]:
         words = words_of(text)
-        n_words = sum(1 for w in words if _WORD.match(w))
+        n_words = sum(1 for w in words if _WORD.search(w))
         other = gopher_quality_reason(text, min_doc_words=None, max_doc_words=None,
                                       min_stop_words=None, min_alpha_words_ratio=None)
         # As labkit's rule: the share of all tokens (punctuation included) with a letter.

@@ -3,7 +3,10 @@
 Each `*_reason(text)` returns the name of the first rule a text breaks, or None; the matching
 step drops documents with that reason. The rules, their order, comparisons and reason names
 follow datatrove's filters (prefixed with the rule set). A threshold set to None turns its rule
-off. Words are word-tokenizer tokens: runs of letters/digits and runs of punctuation.
+off. The Gopher quality rules count the tokens of the word tokenizer datatrove used for
+English when FineWeb was built (NLTK's `word_tokenize`): words keep their inner hyphens, dots
+and apostrophes ("t-SNE", "3.14", "e.g.", "O'Brien"), clitics split off ("don't" -> "do",
+"n't"; "Smith's" -> "Smith", "'s"), and every other punctuation mark is a token of its own.
 """
 
 from __future__ import annotations
@@ -12,9 +15,36 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 
-from .document import Accounting, Document, keep_if
+from labkit.validate import (
+    checks,
+    fraction,
+    keywords_of,
+    maybe,
+    nonnegative,
+    nonnegative_int,
+    pairs,
+    positive_int,
+    text,
+)
 
-_TOKENS = re.compile(r"\w+|[^\w\s]+")
+from .document import Accounting, Document, _accounting, documents, keep_if
+
+# NLTK's word_tokenize (Punkt sentences, then ~30 Treebank substitutions per sentence) is about
+# 60x slower than one regex over the crawl, so its rules that matter here are written as one
+# regex, cross-checked against NLTK in tests. Since FineWeb-2 (December 2024) English goes
+# through spaCy instead, which also splits "t-SNE" at the hyphen.
+_ENDS_WORD = r"\s.,;:!?@#$%&*()\[\]{}<>\"'`«»“”‘’"  # characters no word token runs through
+_CLITIC = r"(?i:n't|'(?:s|re|ve|ll|d|m))(?![\w'])"  # don't -> do n't, Smith's -> Smith 's
+_CORE = rf"(?:(?!{_CLITIC})[^{_ENDS_WORD}])+"
+_JOIN = rf"(?:\.|[,:](?=\d)|(?!{_CLITIC})')"  # foo.bar, 1,000, 12:30, O'Brien stay whole
+_TOKENS = re.compile(
+    r"(?:[^\W\d_]\.){2,}"  # abbreviations written with dots: e.g. U.S.
+    r"|\.{2,}|--|''"  # ellipsis, double dash and a closing double quote are one token
+    r"|(?i:can)(?=(?i:not)\b)"  # cannot -> can not
+    rf"|{_CLITIC}|(?:[,:](?=\d))?{_CORE}(?:{_JOIN}{_CORE})*"
+    r"|\S"  # any other mark alone
+)
+_RUNS = re.compile(r"\w+|[^\w\s]+")
 _WORD = re.compile(r"\w")
 GOPHER_STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
 C4_END_PUNCTUATION = (".", "?", "!", '"', "'")
@@ -25,10 +55,22 @@ FINEWEB_STOP_CHARS = (".", "'", '"', "!", "?")
 
 
 def words_of(text: str) -> list[str]:
+    """The Gopher quality rule's words: word-tokenizer tokens, punctuation marks included."""
     return _TOKENS.findall(text)
 
 
+def _word_and_mark_runs(text: str) -> list[str]:
+    # The repetition and FineWeb rules still count runs of letters/digits and of punctuation:
+    # datatrove gives them the same word tokenizer, but moving them changes other drops too.
+    return _RUNS.findall(text)
+
+
 # ---------------------------------------------------------------- Gopher quality (Rae et al.)
+@checks(text=text, min_doc_words=maybe(nonnegative_int), max_doc_words=maybe(nonnegative_int),
+        min_avg_word_length=maybe(nonnegative), max_avg_word_length=maybe(nonnegative),
+        max_symbol_word_ratio=maybe(nonnegative), max_bullet_lines_ratio=maybe(fraction),
+        max_ellipsis_lines_ratio=maybe(fraction), min_alpha_words_ratio=maybe(fraction),
+        min_stop_words=maybe(nonnegative_int))
 def gopher_quality_reason(
     text: str,
     min_doc_words: int | None = 50,
@@ -43,7 +85,7 @@ def gopher_quality_reason(
 ) -> str | None:
     words = words_of(text)
     n_words = max(len(words), 1)
-    real_words = [w for w in words if _WORD.match(w)]  # not pure punctuation
+    real_words = [w for w in words if _WORD.search(w)]  # not pure punctuation ('s is a word)
     if min_doc_words and len(real_words) < min_doc_words:
         return "gopher_short_doc"
     if max_doc_words and len(real_words) > max_doc_words:
@@ -110,6 +152,9 @@ def _duplicated_ngram_chars(words: list[str], n: int) -> int:
     return chars
 
 
+@checks(text=text, dup_line_frac=maybe(fraction), dup_para_frac=maybe(fraction),
+        dup_line_char_frac=maybe(fraction), dup_para_char_frac=maybe(fraction),
+        top_n_grams=pairs(positive_int, fraction), dup_n_grams=pairs(positive_int, fraction))
 def gopher_repetition_reason(
     text: str,
     dup_line_frac: float | None = 0.3,
@@ -134,7 +179,7 @@ def gopher_repetition_reason(
         return "gopher_dup_line_frac"
     if dup_line_char_frac and chars / len(text) > dup_line_char_frac:
         return "gopher_dup_line_char_frac"
-    words = words_of(text)
+    words = _word_and_mark_runs(text)
     for n, frac in top_n_grams:
         if _top_ngram_chars(words, n) / len(text) > frac:
             return f"gopher_top_{n}_gram"
@@ -145,6 +190,8 @@ def gopher_repetition_reason(
 
 
 # ------------------------------------------------------------------------ C4 (Raffel et al.)
+@checks(text=text, min_words_per_line=nonnegative_int, max_word_length=positive_int,
+        min_num_sentences=nonnegative_int)
 def c4_clean(
     text: str,
     min_words_per_line: int = 3,
@@ -192,6 +239,8 @@ def c4_clean(
 
 
 # -------------------------------------------------------------------- FineWeb (Penedo et al.)
+@checks(text=text, line_punct_thr=fraction, short_line_thr=fraction,
+        short_line_length=nonnegative_int, char_duplicates_ratio=fraction, new_line_ratio=nonnegative)
 def fineweb_reason(
     text: str,
     line_punct_thr: float = 0.12,
@@ -210,27 +259,32 @@ def fineweb_reason(
     _, dup_chars = _duplicates([line for line in lines if line.strip()])
     if dup_chars / len(text.replace("\n", "")) >= char_duplicates_ratio:
         return "fineweb_char_dup_ratio"
-    if text.count("\n") / max(len(words_of(text)), 1) > new_line_ratio:
+    if text.count("\n") / max(len(_word_and_mark_runs(text)), 1) > new_line_ratio:
         return "fineweb_list_ratio"
     return None
 
 
 # ----------------------------------------------------------------------------------- steps
+@checks(docs=documents, accounting=_accounting, thresholds=keywords_of(gopher_quality_reason))
 def gopher_quality(docs: Iterable[Document], accounting: Accounting, **thresholds):
     return keep_if(docs, accounting, "gopher_quality",
                    lambda doc: gopher_quality_reason(doc.text, **thresholds))
 
 
+@checks(docs=documents, accounting=_accounting,
+        thresholds=keywords_of(gopher_repetition_reason))
 def gopher_repetition(docs: Iterable[Document], accounting: Accounting, **thresholds):
     return keep_if(docs, accounting, "gopher_repetition",
                    lambda doc: gopher_repetition_reason(doc.text, **thresholds))
 
 
+@checks(docs=documents, accounting=_accounting, thresholds=keywords_of(fineweb_reason))
 def fineweb_filter(docs: Iterable[Document], accounting: Accounting, **thresholds):
     return keep_if(docs, accounting, "fineweb_filter",
                    lambda doc: fineweb_reason(doc.text, **thresholds))
 
 
+@checks(docs=documents, accounting=_accounting, params=keywords_of(c4_clean))
 def c4_filter(docs: Iterable[Document], accounting: Accounting, **params) -> Iterator[Document]:
     """C4's rules: bad lines are removed (counted in metadata), bad pages dropped."""
     for doc in docs:

@@ -12,6 +12,8 @@ from .contamination import (
 )
 from .harness import LmEvalRun, offline_hubs, run_lm_eval, write_mc_task
 from .multiple_choice import (
+    LETTER_TEMPLATE,
+    MMLU_DESCRIPTION,
     PROMPT_TEMPLATE,
     accuracy_by_subject,
     choice_logprobs,
@@ -42,6 +44,7 @@ from .perplexity import (
 from .sandbox import (
     OUTCOMES,
     SandboxLimits,
+    SandboxReport,
     SandboxResult,
     check_program,
     drops_privileges,
@@ -49,6 +52,7 @@ from .sandbox import (
     humaneval_program,
     load_code_tasks,
     sandbox_processes,
+    sandbox_report,
 )
 
 SETTINGS = {
@@ -108,6 +112,8 @@ SETTINGS = {
 }
 
 __all__ = [
+    "LETTER_TEMPLATE",
+    "MMLU_DESCRIPTION",
     "OUTCOMES",
     "PROMPT_TEMPLATE",
     "SETTINGS",
@@ -115,6 +121,7 @@ __all__ = [
     "NgramIndex",
     "PerplexityResult",
     "SandboxLimits",
+    "SandboxReport",
     "SandboxResult",
     "accuracy_by_subject",
     "bits_per_byte",
@@ -144,6 +151,7 @@ __all__ = [
     "render_prompt",
     "run_lm_eval",
     "sandbox_processes",
+    "sandbox_report",
     "score_items",
     "stride_figure",
     "stride_sweep",

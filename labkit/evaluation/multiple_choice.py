@@ -8,6 +8,12 @@ Tokenization follows lm-eval's `_encode_pair` exactly, which is what makes the n
 the continuation is " " + choice; trailing spaces of the context move onto the continuation;
 context + continuation is encoded as one string and split at the length of the encoded context
 (encoding the two apart would tokenize the word boundary differently).
+
+Two item shapes are accepted: MMLU's ({question, choices: [...], answer: index}) and ARC's
+({question, choices: {text: [...], label: [...]}, answerKey: label}). Two ways of scoring:
+"continuation" (the choices' own words, as lm-eval's ARC and this world's task) and "letters"
+(MMLU's format in lm-eval: the choices listed as "A. ..." under the question, then " A", " B",
+... scored after "Answer:").
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import validate
 from ..errors import LabkitError
+from ..validate import checks, function, hf_tokenizer, maybe, text
 from .perplexity import model_max_length
 
 # The one prompt of the knowledge test, in Jinja so that lm-eval's task YAML uses the same text.
@@ -28,11 +36,23 @@ PROMPT_TEMPLATE = (
     "Question: {{ question }}\nAnswer:"
 )
 TARGET_DELIMITER = " "
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+# lm-eval's MMLU prompt (tasks/mmlu/default/_default_template_yaml), for any number of choices;
+# its per-subject task files prepend the description, "_" in the subject name read as " ".
+LETTER_TEMPLATE = (
+    "{{ question.strip() }}{% for choice in choices %}\n"
+    "{{ 'ABCDEFGHIJKLMNOPQRSTUVWXYZ'[loop.index0] }}. {{ choice }}{% endfor %}\nAnswer:"
+)
+MMLU_DESCRIPTION = (
+    "The following are multiple choice questions (with answers) about "
+    "{{ subject.replace('_', ' ') }}.\n\n"
+)
+SCORINGS = ("continuation", "letters")
 
 
 def read_jsonl(path: str | Path, what: str = "items") -> list[dict]:
     """The objects of a JSONL file; one clear error for a missing, empty or malformed file."""
-    path = Path(path)
+    path = Path(validate.path_like(path, "path"))
     if not path.is_file():
         raise LabkitError(f"{what} file {str(path)!r} does not exist")
     rows = []
@@ -43,7 +63,7 @@ def read_jsonl(path: str | Path, what: str = "items") -> list[dict]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise LabkitError(f"{path}:{number} is not valid JSON ({exc.msg})") from None
+                raise LabkitError(f"{what} file {path}:{number} is not valid JSON ({exc.msg})") from None
             if not isinstance(row, dict):
                 raise LabkitError(f"{path}:{number} is a {type(row).__name__}, not a JSON object")
             rows.append(row)
@@ -52,8 +72,32 @@ def read_jsonl(path: str | Path, what: str = "items") -> list[dict]:
     return rows
 
 
+def _from_arc(item: dict, name) -> dict:
+    """An ARC-shaped item (choices {text, label}, answerKey) in MMLU's shape; labels kept."""
+    choices = item["choices"]
+    texts, labels = choices.get("text"), choices.get("label")
+    if not isinstance(texts, list) or not isinstance(labels, list) or len(texts) != len(labels):
+        raise LabkitError(f"item {name!r}: ARC-style choices need lists 'text' and 'label' of "
+                          f"the same length, got keys {sorted(choices)}")
+    if "answerKey" not in item and "answer" not in item:
+        raise LabkitError(f"item {name!r} has no 'answerKey'; ARC-style items name the right "
+                          f"label, one of {labels}")
+    if "answerKey" in item:
+        key = str(item["answerKey"]).strip()
+        if key not in [str(label) for label in labels]:
+            raise LabkitError(f"item {name!r}: answerKey={key!r} is not one of the labels {labels}")
+        item = {**item, "answer": [str(label) for label in labels].index(key)}
+    return {**item, "choices": texts, "labels": labels}
+
+
 def validate_items(items: Sequence[dict]) -> list[dict]:
-    """Checked copies of multiple-choice items {id, subject, question, choices, answer}."""
+    """Checked copies of multiple-choice items {id, subject, question, choices, answer}.
+
+    ARC-shaped items (choices {text, label}, answerKey) come back in that shape too, with their
+    labels under "labels".
+    """
+    if isinstance(items, (str, bytes, dict)) or not isinstance(items, Sequence):
+        raise LabkitError(f"items must be a list of item dicts, got {type(items).__name__}")
     if not items:
         raise LabkitError("no multiple-choice items: expected at least one")
     checked = []
@@ -61,9 +105,12 @@ def validate_items(items: Sequence[dict]) -> list[dict]:
         name = item.get("id", index) if isinstance(item, dict) else index
         if not isinstance(item, dict):
             raise LabkitError(f"item {index} is a {type(item).__name__}, not a dict")
+        if isinstance(item.get("choices"), dict):
+            item = _from_arc(item, name)
         for key in ("question", "choices", "answer"):
             if key not in item:
-                raise LabkitError(f"item {name!r} has no {key!r}; needs question, choices, answer")
+                raise LabkitError(f"item {name!r} has no {key!r}; needs question, choices, answer "
+                                  "(or ARC's choices {text, label} and answerKey)")
         choices = item["choices"]
         if not isinstance(choices, list) or not all(isinstance(c, str) and c for c in choices):
             raise LabkitError(f"item {name!r}: choices must be a list of non-empty strings")
@@ -86,16 +133,25 @@ def load_items(path: str | Path) -> list[dict]:
 
 @lru_cache(maxsize=16)
 def _compiled(template: str):
-    from jinja2 import BaseLoader, Environment, StrictUndefined
+    from jinja2 import BaseLoader, StrictUndefined
+    from jinja2.sandbox import SandboxedEnvironment
 
-    # lm-eval's Jinja settings (lm_eval.utils.env)
-    env = Environment(loader=BaseLoader(), undefined=StrictUndefined, keep_trailing_newline=True)
+    # lm-eval's Jinja settings (lm_eval.utils.env), sandboxed: a caller's template may not reach
+    # Python internals (__class__, __globals__, ...) and through them run code
+    env = SandboxedEnvironment(loader=BaseLoader(), undefined=StrictUndefined,
+                               keep_trailing_newline=True)
     return env.from_string(template)
 
 
 def render_prompt(item: dict, template: str = PROMPT_TEMPLATE) -> str:
     """The prompt of one item, rendered as lm-eval renders `doc_to_text`."""
-    return _compiled(template).render(**item)
+    from jinja2 import TemplateError
+
+    validate.of_type(dict)(item, "item"), text(template, "template")
+    try:
+        return _compiled(template).render(**item)
+    except TemplateError as exc:  # SecurityError (sandbox), UndefinedError, TemplateSyntaxError
+        raise LabkitError(f"template cannot render this item: {type(exc).__name__}: {exc}") from None
 
 
 def _encode(tokenizer, text: str) -> list[int]:
@@ -109,6 +165,7 @@ def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer.encode(text)
 
 
+@checks(tokenizer=hf_tokenizer, context=text, continuation=text, prefix_token=maybe(validate.nonnegative_int))
 def encode_pair(tokenizer, context: str, continuation: str, prefix_token: int | None = None):
     """(context_ids, continuation_ids) split the way lm-eval's causal models split them."""
     if not continuation:
@@ -136,6 +193,9 @@ def choice_logprobs(
 ) -> np.ndarray:
     """Summed log-probability (nats) of each choice given the context, all choices in one batch."""
     import torch
+
+    validate.model(model), hf_tokenizer(tokenizer), text(context, "context"), text(delimiter, "delimiter")
+    choices = validate.texts(choices, "choices")
 
     max_length = model_max_length(model)
     pairs = [encode_pair(tokenizer, context, delimiter + choice) for choice in choices]
@@ -169,23 +229,48 @@ def choice_logprobs(
     return np.array(scores)
 
 
+def scored_choices(item: dict, scoring: str = "continuation") -> list[str]:
+    """What is scored after the prompt: the choices' words, or their letters (MMLU)."""
+    if scoring == "letters":
+        if len(item["choices"]) > len(LETTERS):
+            raise LabkitError(f"{len(item['choices'])} choices: letters go up to {len(LETTERS)}")
+        return list(LETTERS[: len(item["choices"])])
+    return list(item["choices"])
+
+
 def score_items(
     model,
     tokenizer,
     items: Sequence[dict],
-    template: str = PROMPT_TEMPLATE,
+    template: str | None = None,
     delimiter: str = TARGET_DELIMITER,
     progress: Callable[[int, int], None] | None = None,
+    scoring: str = "continuation",
+    description: str = "",
 ):
-    """One row per item: each choice's log-prob, the acc and acc_norm predictions and hits."""
+    """One row per item: each choice's log-prob, the acc and acc_norm predictions and hits.
+
+    scoring="continuation" scores the choices' words after PROMPT_TEMPLATE; "letters" lists
+    them under the question (LETTER_TEMPLATE) and scores " A", " B", ... as lm-eval's MMLU does
+    (acc_norm then equals acc: every letter is one character). `template` replaces the prompt;
+    `description` (Jinja over the item, e.g. MMLU_DESCRIPTION) goes before it, as lm-eval's
+    task `description`.
+    """
     import pandas as pd
 
+    validate.model(model), hf_tokenizer(tokenizer), maybe(text)(template, "template")
+    text(delimiter, "delimiter"), maybe(function)(progress, "progress"), text(description, "description")
+    if scoring not in SCORINGS:
+        raise LabkitError(f"scoring={scoring!r}; valid: {', '.join(SCORINGS)}")
+    if template is None:
+        template = LETTER_TEMPLATE if scoring == "letters" else PROMPT_TEMPLATE
     rows = []
     checked = validate_items(items)
     for index, item in enumerate(checked):
-        prompt = render_prompt(item, template)
-        logprobs = choice_logprobs(model, tokenizer, prompt, item["choices"], delimiter)
-        chars = np.array([len(c) for c in item["choices"]], dtype=float)
+        prompt = render_prompt(item, description + template)
+        choices = scored_choices(item, scoring)
+        logprobs = choice_logprobs(model, tokenizer, prompt, choices, delimiter)
+        chars = np.array([len(c) for c in choices], dtype=float)
         pred, pred_norm = int(np.argmax(logprobs)), int(np.argmax(logprobs / chars))
         rows.append(
             {
@@ -209,7 +294,7 @@ def accuracy_by_subject(scores):
     """acc and acc_norm per subject, with an 'all' row (the mean over items, as lm-eval's)."""
     import pandas as pd
 
-    if len(scores) == 0:
+    if len(validate.frame("subject", "acc", "acc_norm", empty=True)(scores, "scores")) == 0:
         raise LabkitError("scores is empty: score at least one item first")
     table = scores.groupby("subject", sort=True).agg(
         items=("acc", "size"), acc=("acc", "mean"), acc_norm=("acc_norm", "mean")
@@ -230,9 +315,11 @@ def choice_scores_figure(item: dict, logprobs: Sequence[float], title: str | Non
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
+    item = validate_items([item])[0]
     choices = item["choices"]
+    logprobs = validate.numbers(logprobs, "logprobs")
     if len(logprobs) != len(choices):
-        raise LabkitError(f"{len(logprobs)} log-probs for {len(choices)} choices")
+        raise LabkitError(f"logprobs: {len(logprobs)} log-probs for {len(choices)} choices")
     scores = np.asarray(logprobs, dtype=float)
     per_char = scores / np.array([len(c) for c in choices])
     colors = ["#2ca02c" if i == item["answer"] else "#9aa0a6" for i in range(len(choices))]

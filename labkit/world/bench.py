@@ -11,13 +11,15 @@ from .kb import RELATIONS, Fact, World
 from .phrasing import ASK_BENCH, fill
 
 LM_EVAL_YAML = """\
-# lm-eval task for the world's knowledge test. `labkit.evaluation` copies this file next to
-# absolute data paths before running lm_eval.simple_evaluate (data_files resolve from the cwd).
+# lm-eval task for the world's knowledge test (zero-shot, log-likelihood of each choice), the
+# same prompt as labkit.evaluation.multiple_choice. From the repository root:
+#   lm_eval --include_path data_samples/benchmarks/lm_eval --tasks world_knowledge \\
+#     --model hf --model_args pretrained=data_samples/models/base --device cpu
+# Relative `data_files` would resolve from the working directory, so the items are loaded by
+# knowledge_data.py beside this file, from this folder's parent, wherever lm_eval runs.
 task: world_knowledge
 dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: knowledge_mc.jsonl
+custom_dataset: !function knowledge_data.load_knowledge_mc
 test_split: test
 output_type: multiple_choice
 doc_to_text: "Question: {{question}}\\nAnswer:"
@@ -33,6 +35,21 @@ metric_list:
 metadata:
   version: 1.0
 """
+
+LM_EVAL_LOADER = '''\
+"""The items of world_knowledge.yaml, found from this file, not from the working directory."""
+
+from pathlib import Path
+
+ITEMS = Path(__file__).resolve().parent.parent / "knowledge_mc.jsonl"
+
+
+def load_knowledge_mc(**metadata):
+    """lm-eval's custom_dataset hook: it passes the task's metadata, which is not needed."""
+    import datasets
+
+    return datasets.load_dataset("json", data_files={"test": str(ITEMS)})
+'''
 
 
 def mc_item(world: World, rng: random.Random, fact: Fact, i: int) -> dict:

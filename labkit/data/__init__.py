@@ -2,6 +2,8 @@
 -> tokenize, each step a plain function over documents that says why it drops one.
 
 A lab reads its sizes with `labkit.profile().settings("data").<field>`.
+The same steps at crawl scale, on datatrove: `labkit.data.scale`, imported on its own so that
+`import labkit.data` (in every worker process too) does not load datatrove.
 """
 
 from .bpe import (

@@ -19,7 +19,7 @@ PARALLEL := -n $(LAB_WORKERS) --dist loadfile
 BROWSER_PARALLEL := -n $(LAB_WORKERS) --dist load
 NBVAL := --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=600 -p no:randomly
 
-.PHONY: lab install test test-unit test-labs test-browser run-labs doctor lint clean
+.PHONY: lab install test test-unit test-labs test-browser test-portable run-labs doctor lint clean
 
 # constraints.txt is the tested set for Python 3.11+ (numpy 2.4, pandas 3 need 3.11); on 3.10 the
 # install follows pyproject's ranges instead, which resolve to the newest releases that support it.
@@ -48,6 +48,14 @@ test-labs: $(STAMP)
 
 test-browser: $(STAMP)
 	$(BIN)/python -m pytest tests/browser -m browser $(BROWSER_PARALLEL) $(PYTEST_ARGS)
+
+# The claims must hold on CPUs other than this one: torch picks its CPU kernels by
+# ATEN_CPU_CAPABILITY (default, avx2, avx512), so forcing another one here runs the labs and the
+# unit tests that compare numbers with the float rounding of a different machine.
+PORTABLE_CAPABILITY ?= default
+test-portable: $(STAMP)
+	ATEN_CPU_CAPABILITY=$(PORTABLE_CAPABILITY) $(BIN)/python -m pytest $(NBVAL) $(PARALLEL) labs $(PYTEST_ARGS)
+	ATEN_CPU_CAPABILITY=$(PORTABLE_CAPABILITY) $(BIN)/python -m pytest tests -m "numeric and not browser" $(PYTEST_ARGS)
 
 run-labs: $(STAMP)
 	$(BIN)/labkit run-labs

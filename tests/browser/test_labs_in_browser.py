@@ -5,7 +5,8 @@ JupyterLab's own Run menu, every ipywidget and plotly figure renders, each explo
 figure follows its controls, and nothing logs a JavaScript error. A screenshot per lab goes to
 the screenshots folder for a human to look at.
 
-Environment knobs: LABKIT_BROWSER_LAB_TIMEOUT (s, default 300: running one lab's cells),
+Environment knobs: LABKIT_BROWSER_LAB_TIMEOUT (s: running one lab's cells; by default derived
+from the lab's headless time in benchmarks/lab_runtimes.json),
 LABKIT_BROWSER_LOAD_TIMEOUT (s, default 300: JupyterLab page and kernel start),
 LABKIT_BROWSER_STRICT_ANYWIDGET=1 (keep anywidget's 2 s model-initialisation limit; see below),
 LABKIT_SCREENSHOTS (screenshot folder), LABKIT_CHROMIUM (browser executable).
@@ -31,7 +32,24 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 LABS = sorted((REPO / "labs").glob("[0-9][0-9]_*.ipynb"))
 
-LAB_TIMEOUT_S = float(os.environ.get("LABKIT_BROWSER_LAB_TIMEOUT", "300"))
+RUNTIMES = REPO / "benchmarks" / "lab_runtimes.json"  # `labkit run-labs --json` on this project
+
+
+def lab_timeout_s(stem: str) -> float:
+    """Seconds one lab may take to run in the browser: LABKIT_BROWSER_LAB_TIMEOUT if set, else
+    8x its measured headless wall time (JupyterLab, Chromium and a second lab share the two
+    cores: measured 2-4x slower than headless), at least 240 s; 600 s for an unmeasured lab."""
+    if os.environ.get("LABKIT_BROWSER_LAB_TIMEOUT"):
+        return float(os.environ["LABKIT_BROWSER_LAB_TIMEOUT"])
+    try:
+        measured = {r["lab"]: r for r in json.loads(RUNTIMES.read_text())["labs"]}
+    except (OSError, ValueError, KeyError):
+        return 600.0
+    if stem not in measured:
+        return 600.0
+    return max(240.0, 8 * max(measured[stem]["wall_s"], measured[stem]["cpu_s"]))
+
+
 LOAD_TIMEOUT_S = float(os.environ.get("LABKIT_BROWSER_LOAD_TIMEOUT", "300"))
 RENDER_TIMEOUT_S = 120.0  # widgets and figures appearing after the kernel went idle
 CHANGE_TIMEOUT_S = 60.0  # a moved control -> kernel -> figure update round trip
@@ -135,7 +153,32 @@ JS_PAGE_STATE = """([name, traceSelector, widgetOutput]) => {""" + FIND_PANEL + 
     const box = p.getBoundingClientRect();
     const titleNode = p.querySelector(".gtitle");
     const titleBox = titleNode ? titleNode.getBoundingClientRect() : null;
+    // a log axis spanning absurd decades (an annotation or shape placed at log10(x) on a log
+    // axis stretches it to 1e-54): more than 20 decades is never a readable figure
+    const wideLogAxes = Object.keys(fl).filter((k) => /^[xy]axis\d*$/.test(k)
+      && fl[k] && fl[k].type === "log" && Array.isArray(fl[k].range)
+      && Math.abs(fl[k].range[1] - fl[k].range[0]) > 20)
+      .map((k) => `${k} spans ${Math.abs(fl[k].range[1] - fl[k].range[0]).toFixed(0)} decades`);
+    // texts drawn over each other: subplot titles and annotations (both are .annotation), the
+    // figure's title and the legend's entries
+    const boxes = [...p.querySelectorAll(".infolayer .annotation-text-g, .infolayer .gtitle")]
+      .map((n) => ({text: n.textContent.trim(), r: n.getBoundingClientRect()}))
+      .filter((b) => b.text && b.r.width > 0 && b.r.height > 0);
+    const overlaps = [];
+    for (let a = 0; a < boxes.length; a++) {
+      for (let b = a + 1; b < boxes.length; b++) {
+        const A = boxes[a].r, B = boxes[b].r;
+        const w = Math.min(A.right, B.right) - Math.max(A.left, B.left);
+        const h = Math.min(A.bottom, B.bottom) - Math.max(A.top, B.top);
+        if (w > 2 && h > 2 && w * h > 0.2 * Math.min(A.width * A.height, B.width * B.height)) {
+          overlaps.push(`"${boxes[a].text.slice(0, 40)}" / "${boxes[b].text.slice(0, 40)}"`);
+        }
+      }
+    }
+    const unnamed = [...p.querySelectorAll(".legendtext")].map((n) => n.textContent.trim())
+      .filter((t) => /^trace \d+$/.test(t));
     return {
+      wideLogAxes, overlaps, unnamed,
       titleCut: !!titleBox && titleBox.width > 0
         && (titleBox.right > box.right + 1 || titleBox.left < box.left - 1),
       container: !!p.querySelector(".plot-container"),
@@ -148,8 +191,40 @@ JS_PAGE_STATE = """([name, traceSelector, widgetOutput]) => {""" + FIND_PANEL + 
     };
   });
   const problems = [];
+  // printed tables (text with aligned columns) and HTML tables wider than their output area:
+  // JupyterLab wraps a long text line mid-number and a wide HTML table scrolls sideways
+  const probe = document.createElement("span");
+  probe.textContent = "0".repeat(100);
+  [...root.querySelectorAll(".jp-OutputArea-output pre")].slice(0, 1).forEach((pre) => {
+    pre.appendChild(probe);
+  });
+  const charWidth = probe.isConnected ? probe.getBoundingClientRect().width / 100 : 0;
+  if (probe.isConnected) probe.remove();
+  root.querySelectorAll(".jp-OutputArea-output").forEach((out) => {
+    const cellIndex = [...root.querySelectorAll(".jp-Cell")].indexOf(out.closest(".jp-Cell"));
+    for (const pre of out.querySelectorAll(":scope > pre, .jp-RenderedText > pre")) {
+      if (!charWidth) break;
+      const lines = pre.textContent.split("\n");
+      const rows = lines.filter((l) => (l.match(/\S {2,}\S/g) || []).length >= 2);
+      const widest = Math.max(0, ...rows.map((l) => l.length));
+      if (rows.length >= 2 && widest * charWidth > pre.clientWidth + 2) {
+        problems.push(`cell ${cellIndex}: a printed table is ${widest} characters wide and ` +
+                      `wraps (${Math.floor(pre.clientWidth / charWidth)} fit)`);
+      }
+    }
+    for (const table of out.querySelectorAll("table")) {
+      if (table.closest(".js-plotly-plot")) continue;
+      if (table.getBoundingClientRect().width > out.getBoundingClientRect().width + 2) {
+        problems.push(`cell ${cellIndex}: an HTML table is wider than its cell`);
+      }
+    }
+  });
   outs.forEach((o, i) => {
     const cell = o.closest(".jp-Cell");
+    // a widget must open on a valid state: not an error, not an empty selection
+    const opening = o.innerText;
+    const bad = opening.match(/[Nn]othing selected|[Cc]annot plan|Traceback|\\b[A-Z]\\w*Error:/);
+    if (bad) problems.push(`widget ${i} opens on "${bad[0]}"`);
     const right = Math.min(o.getBoundingClientRect().right, cell.getBoundingClientRect().right);
     for (const e of o.querySelectorAll(".jupyter-widgets, .js-plotly-plot")) {
       const r = e.getBoundingClientRect();
@@ -471,8 +546,9 @@ def test_lab_runs_in_jupyterlab(lab, jupyter_server, browser, screenshots_dir, b
             return (f"{last.get('executed')} of {last.get('code')} code cells ran, kernel "
                     f"{last.get('status')}, cells running or queued: {last.get('running')}")
 
-        _wait(finished, LAB_TIMEOUT_S, f"{name} to run all cells (LABKIT_BROWSER_LAB_TIMEOUT)",
-              progress=progress)
+        timeout = lab_timeout_s(lab.stem)
+        _wait(finished, timeout, f"{name} to run all cells (LABKIT_BROWSER_LAB_TIMEOUT or "
+              f"8x the lab's time in {RUNTIMES.name})", progress=progress)
         time.sleep(2.0)
         # the kernel is idle for a moment between two cells: done only if it stays so
         state = _wait(finished, 60, f"{name} to stay idle", progress=progress)
@@ -516,6 +592,12 @@ def test_lab_runs_in_jupyterlab(lab, jupyter_server, browser, screenshots_dir, b
                 problems.append(f"{where}: the title is wider than the figure and is cut off")
             if p["untitledAxes"]:
                 problems.append(f"{where} has axes without a title: {p['untitledAxes']}")
+            if p["wideLogAxes"]:
+                problems.append(f"{where}: {', '.join(p['wideLogAxes'])}")
+            if p["overlaps"]:
+                problems.append(f"{where}: texts drawn over each other: {'; '.join(p['overlaps'][:3])}")
+            if p["unnamed"]:
+                problems.append(f"{where}: legend entries without a name: {', '.join(p['unnamed'])}")
         problems += view["problems"]
 
         explorers = page.evaluate(JS_EXPLORERS, WIDGET_OUTPUT)

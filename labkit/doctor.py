@@ -148,8 +148,29 @@ def _cpu_capability() -> str:
     return f"torch CPU kernels: {used}" + (f" (forced by ATEN_CPU_CAPABILITY={forced})" if forced else "")
 
 
+def sandbox_rows() -> list[Row]:
+    """The code sandbox's layers on this machine, in the mode lab 09 runs it (a probe program)."""
+    from .evaluation.sandbox import sandbox_report
+
+    try:
+        report = sandbox_report()
+    except Exception as exc:  # a machine where it cannot run at all: say so, do not stop
+        return [Row("code sandbox", "WARN", f"probe failed: {type(exc).__name__}: {exc}")]
+    fix = ""
+    if report.missing:
+        fix = ("no namespaces: run as root, allow unprivileged user namespaces (sysctl "
+               "user.max_user_namespaces, kernel.unprivileged_userns_clone) or install "
+               "bubblewrap; `labkit.evaluation.sandbox_report()` says what is not contained")
+    return [
+        Row("code sandbox mode", "OK", report.mode),
+        Row("code sandbox layers", "OK" if report.complete else "WARN",
+            ", ".join(report.layers) + (f"; missing: {', '.join(report.missing)}"
+                                        if report.missing else ""), fix),
+    ]
+
+
 def run_doctor() -> list[Row]:
-    return machine_rows() + dependency_rows() + data_rows() + tool_rows()
+    return machine_rows() + dependency_rows() + data_rows() + tool_rows() + sandbox_rows()
 
 
 def format_rows(rows: list[Row]) -> str:

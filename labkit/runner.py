@@ -8,8 +8,10 @@ one thread takes about its CPU seconds of wall time; the two differ when other w
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -38,13 +40,20 @@ class LabResult:
 
 def find_labs(only: list[str] | None = None, directory: Path | None = None) -> list[Path]:
     """The lab notebooks, optionally those whose number or name matches `only`."""
-    directory = directory or labs_dir()
+    directory = Path(directory) if directory is not None else labs_dir()
+    if not directory.is_dir():
+        raise LabkitError(f"labs directory {str(directory)!r} does not exist")
     labs = sorted(p for p in directory.glob("*.ipynb") if LAB_NAME.match(p.name))
+    if isinstance(only, str) or (only is not None and not all(isinstance(k, str) for k in only)):
+        raise LabkitError(f"only must be a list of lab numbers or names, got {only!r}")
     if not only:
         return labs
     chosen = []
     for key in only:
         key = key.strip()
+        if not key:  # '--only ""' must not quietly mean every lab
+            valid = ", ".join(p.name[:2] for p in labs)
+            raise LabkitError(f"only names an empty lab; give lab numbers or names: {valid}")
         hits = [p for p in labs if p.name[:2] == key.zfill(2) or p.stem == key or p.name == key]
         if not hits:
             valid = ", ".join(p.name[:2] for p in labs)
@@ -89,6 +98,58 @@ class _PeakMemory:
         return sum(self._cpu.values())
 
 
+class RunInterrupted(BaseException):
+    """Ctrl-C (SIGINT) or SIGTERM during run-labs: the run stops, its processes are killed.
+    A BaseException, like KeyboardInterrupt, so no `except Exception` on the way swallows it."""
+
+    def __init__(self, signum: int, lab: str, killed: int):
+        self.signum, self.lab, self.killed = signum, lab, killed
+        super().__init__(f"{signal.Signals(signum).name} during {lab}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+
+def kill_descendants(grace: float = 3.0) -> int:
+    """Terminate every process this one started (kernels, torchrun and its workers, in any
+    session), then kill what is left after `grace` seconds; returns how many there were."""
+    try:
+        tree = psutil.Process().children(recursive=True)  # the whole tree, before any dies
+    except psutil.Error:
+        return 0
+    for proc in tree:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(tree, timeout=grace)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=grace)
+    return len(tree)
+
+
+@contextlib.contextmanager
+def _stop_on_signals(current: list[str]):
+    """While the labs run, SIGINT and SIGTERM kill every child process and raise
+    RunInterrupted. Without this, the kernel (in its own session) runs on, nbclient reports the
+    interrupted cell as an error, and the next lab starts."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup
+        raise RunInterrupted(signum, current[0], kill_descendants())
+
+    before = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
 CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
 
 
@@ -128,9 +189,38 @@ def pin_outputs(nb, ran=None) -> None:
         cell.metadata.pop("execution", None)
 
 
+def _in_thread(fn):
+    """fn() in a worker thread, its result or exception handed back. nbclient, run in the main
+    thread, replaces the SIGINT/SIGTERM handlers with its own (which only shut its kernel down,
+    so the run went on with the next lab); off the main thread it cannot, and ours stay."""
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # handed to the caller, whatever it is
+            box["error"] = exc
+
+    worker = threading.Thread(target=run, name="labkit-run-lab", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.2)  # short waits: the main thread stays free to take a signal
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def _cell_timeout(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise LabkitError(f"cell_timeout={value!r}: valid is a whole number of seconds >= 1")
+    return value
+
+
 def run_lab(path: Path, *, cell_timeout: int = 600, output_dir: Path | None = None,
             pin: bool = False) -> LabResult:
     import nbformat
+
+    _cell_timeout(cell_timeout)
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
@@ -143,7 +233,7 @@ def run_lab(path: Path, *, cell_timeout: int = 600, output_dir: Path | None = No
     start = time.perf_counter()
     with _PeakMemory() as mem:
         try:
-            client.execute()
+            _in_thread(client.execute)
         except CellTimeoutError as exc:
             status, detail = "timeout", str(exc).splitlines()[0]
         except CellExecutionError as exc:
@@ -164,21 +254,28 @@ def run_lab(path: Path, *, cell_timeout: int = 600, output_dir: Path | None = No
 
 
 def run_labs(only=None, profile: str | None = None, cell_timeout: int = 600,
-             output_dir: Path | None = None, echo=print, pin: bool = False) -> list[LabResult]:
-    labs = find_labs(only)
+             output_dir: Path | None = None, echo=print, pin: bool = False,
+             directory: Path | None = None) -> list[LabResult]:
+    """Run the labs (all, or those `only` names) from `directory` (default: the repository's
+    labs/). SIGINT or SIGTERM stops the whole run: every process it started is killed and
+    RunInterrupted is raised."""
+    _cell_timeout(cell_timeout)
+    labs = find_labs(only, directory)
     if profile:
         from .profiles import PROFILES
 
         if profile not in PROFILES:
             raise LabkitError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
         os.environ["LABKIT_PROFILE"] = profile
-    results = []
-    for path in labs:
-        echo(f"running {path.name} ...", flush=True)
-        result = run_lab(path, cell_timeout=cell_timeout, output_dir=output_dir, pin=pin)
-        echo(f"  {result.status} in {result.wall_s:.1f} s ({result.cpu_s:.1f} CPU s), "
-             f"peak {result.peak_mib:.0f} MiB {result.detail}", flush=True)
-        results.append(result)
+    results, current = [], ["(starting)"]
+    with _stop_on_signals(current):
+        for path in labs:
+            current[0] = path.name
+            echo(f"running {path.name} ...", flush=True)
+            result = run_lab(path, cell_timeout=cell_timeout, output_dir=output_dir, pin=pin)
+            echo(f"  {result.status} in {result.wall_s:.1f} s ({result.cpu_s:.1f} CPU s), "
+                 f"peak {result.peak_mib:.0f} MiB {result.detail}", flush=True)
+            results.append(result)
     return results
 
 

@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from labkit import LabkitError
 from labkit.evaluation import (
@@ -18,6 +20,7 @@ from labkit.evaluation import (
     pass_at_k_table,
     sandbox_processes,
 )
+from labkit.evaluation.sandbox import _LIMIT_RANGES
 
 TIMEOUT = 1.0
 DROPS = drops_privileges()
@@ -111,6 +114,56 @@ def test_bad_arguments_raise():
         check_program("pass", timeout=0)
     with pytest.raises(LabkitError, match="string"):
         check_program(b"pass")
+    with pytest.raises(LabkitError, match="SandboxLimits"):
+        check_program("pass", limits={"memory_mb": 64})
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "valid"),
+    [
+        ("memory_mb", -1, r"\[64, 65536\]"),  # would have removed the memory cap
+        ("memory_mb", 0, r"\[64, 65536\]"),
+        ("max_processes", 0, r"\[4, 4096\]"),  # would have failed every correct program
+        ("max_open_files", 3, r"\[16, 65536\]"),
+        ("file_size_mb", 0, r"\[1, 4096\]"),
+        ("disk_mb", -5, r"\[1, 4096\]"),
+        ("cpu_seconds", 0, r"\[1, 3600\]"),
+        ("output_chars", -1, ">= 0"),
+        ("memory_mb", 512.5, "integer"),
+        ("max_processes", True, "integer"),
+        ("run_as", "", "non-empty string"),
+        ("python", 3, "non-empty string"),
+        ("backend", "docker", "auto, unshare, bwrap, none"),
+    ],
+)
+def test_sandbox_limits_refuse_bad_values(field, value, valid):
+    with pytest.raises(LabkitError, match=rf"SandboxLimits\.{field}.*{valid}"):
+        SandboxLimits(**{field: value})
+
+
+def test_the_smallest_valid_limits_still_run_a_correct_program():
+    # the lower ends of the valid ranges are what a correct program needs, not less
+    limits = SandboxLimits(
+        memory_mb=64, file_size_mb=1, disk_mb=1, max_processes=4, max_open_files=16, cpu_seconds=1
+    )
+    result = run_checked("def f(x):\n    return x + 1\n\nassert f(1) == 2\n", limits=limits)
+    assert result.outcome == "passed", result
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    field=st.sampled_from(
+        ["memory_mb", "file_size_mb", "disk_mb", "max_processes", "max_open_files"]
+    ),
+    value=st.integers(min_value=-(2**40), max_value=2**40),
+)
+def test_sandbox_limits_accept_exactly_their_range(field, value):
+    low, high = {name: (lo, hi) for name, lo, hi in _LIMIT_RANGES}[field]
+    if low <= value <= high:
+        assert getattr(SandboxLimits(**{field: value}), field) == value
+    else:
+        with pytest.raises(LabkitError, match=f"SandboxLimits.{field}={value} is out of range"):
+            SandboxLimits(**{field: value})
 
 
 # --- adversarial programs --------------------------------------------------------------
@@ -196,10 +249,19 @@ def test_writing_and_deleting_past_the_guard_meets_the_os(victim):
         assert result.outcome == "failed", (program, result)
 
 
-def test_killing_the_parent_past_the_guard_kills_only_the_supervisor():
-    result = run_checked(UNGUARD + "libc.kill(os.getppid(), 9)\nimport time\ntime.sleep(30)\n")
-    assert result.outcome == "failed"
-    assert "supervisor killed by SIGKILL" in result.reason
+@pytest.mark.parametrize("run_as", ["nobody", None], ids=["as-nobody", "as-harness-user"])
+def test_killing_the_parent_past_the_guard_spares_the_harness(run_as):
+    result = run_checked(
+        UNGUARD + "libc.kill(os.getppid(), 9)\nimport time\ntime.sleep(30)\n",
+        limits=SandboxLimits(run_as=run_as),
+    )
+    if "pid-namespace" in result.layers or "other-user" in result.layers:
+        # its parent is init of its namespace (immune to its own namespace's signals) or a
+        # supervisor of another user: the kill does nothing and the sleep runs into the timeout
+        assert result.outcome == "timeout", result
+    else:
+        assert result.outcome == "failed"
+        assert "supervisor killed by SIGKILL" in result.reason
 
 
 @needs_other_user

@@ -22,14 +22,33 @@ from dataclasses import dataclass, field
 
 import regex
 
+from labkit import validate
 from labkit.errors import LabkitError
+from labkit.validate import checks, integer, texts
 
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 GPT4_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}|"""
                 r""" ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+""")
 PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN}
+_REGEX_SYNTAX = set("\\[](){}|?*+^$.")
 
 
+def check_pattern(pattern, name: str = "pattern"):
+    """A pattern name, None, or a regex. A word without regex syntax ('gpt-4') is a misspelt
+    name: as a regex it would match nothing and every text would encode to []."""
+    if pattern is None or pattern in PATTERNS:
+        return pattern
+    if not isinstance(pattern, str) or not _REGEX_SYNTAX & set(pattern):
+        raise LabkitError(f"unknown {name} {pattern!r}; valid: {', '.join(PATTERNS)}, None, "
+                          "or a pre-tokenisation regex")
+    try:
+        regex.compile(pattern)
+    except regex.error as exc:
+        raise LabkitError(f"{name} {pattern!r} is not a valid regex: {exc}") from None
+    return pattern
+
+
+@checks(text=validate.text, pattern=check_pattern)
 def split_chunks(text: str, pattern: str | None) -> list[str]:
     """Pre-tokenise: the regex's matches, or the whole text when pattern is None."""
     if pattern is None:
@@ -61,6 +80,14 @@ class BPETokenizer:
     _cache: dict[str, list[int]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
+        self.pattern = check_pattern(self.pattern)
+        if isinstance(self.merges, (str, bytes)) or not hasattr(self.merges, "__iter__"):
+            raise LabkitError(f"merges must be a list of (int, int) pairs, got {type(self.merges).__name__}")
+        self.merges = [tuple(m) if isinstance(m, (tuple, list)) else m for m in self.merges]
+        for i, m in enumerate(self.merges):  # merge i may only join tokens that exist before it
+            if not (isinstance(m, tuple) and len(m) == 2
+                    and all(isinstance(t, int) and 0 <= t < 256 + i for t in m)):
+                raise LabkitError(f"merges[{i}]={m!r}; valid: a pair of token ids below {256 + i}")
         self.ranks = {pair: i for i, pair in enumerate(self.merges)}
         self.vocab = {i: bytes([i]) for i in range(256)}
         for i, (a, b) in enumerate(self.merges):
@@ -81,6 +108,7 @@ class BPETokenizer:
         return ids
 
     def encode(self, text: str) -> list[int]:
+        text = validate.text(text, "text")
         ids: list[int] = []
         for chunk in split_chunks(text, self.pattern):
             if chunk not in self._cache:
@@ -89,17 +117,18 @@ class BPETokenizer:
         return ids
 
     def decode(self, ids: Iterable[int]) -> str:
+        ids = list(ids) if isinstance(ids, Iterable) and not isinstance(ids, (str, bytes)) else ids
+        if not isinstance(ids, list) or any(not isinstance(i, int) or i not in self.vocab for i in ids):
+            raise LabkitError(f"ids must be token ids in [0, {self.vocab_size}), got {str(ids)[:60]}")
         return b"".join(self.vocab[i] for i in ids).decode("utf-8", errors="replace")
 
 
 def _check(vocab_size: int) -> int:
-    if not isinstance(vocab_size, int) or vocab_size < 256:
-        raise LabkitError(f"vocab_size={vocab_size!r}; valid: an integer >= 256 (the byte tokens)")
-    return vocab_size - 256
+    return integer(vocab_size, "vocab_size", low=256) - 256  # 256 byte tokens, then merges
 
 
-def _as_texts(texts: str | Iterable[str]) -> list[str]:
-    return [texts] if isinstance(texts, str) else list(texts)
+def _as_texts(value: str | Iterable[str]) -> list[str]:
+    return texts(value, "texts", single=True, empty=True)
 
 
 def _best(counts: dict) -> tuple[int, int]:
@@ -110,7 +139,7 @@ def naive_train_bpe(
     texts: str | Iterable[str], vocab_size: int, pattern: str | None = "gpt4"
 ) -> BPETokenizer:
     """minbpe's algorithm: after every merge, recount all pairs of all chunks."""
-    n_merges = _check(vocab_size)
+    n_merges, pattern = _check(vocab_size), check_pattern(pattern)
     chunks = [list(c.encode("utf-8")) for t in _as_texts(texts) for c in split_chunks(t, pattern)]
     merges: list[tuple[int, int]] = []
     while len(merges) < n_merges:
@@ -127,7 +156,7 @@ def train_bpe(
     texts: str | Iterable[str], vocab_size: int, pattern: str | None = "gpt4"
 ) -> BPETokenizer:
     """The same merges as `naive_train_bpe`, updating pair counts incrementally."""
-    n_merges = _check(vocab_size)
+    n_merges, pattern = _check(vocab_size), check_pattern(pattern)
     chunk_counts = Counter(c for t in _as_texts(texts) for c in split_chunks(t, pattern))
     words = [list(chunk.encode("utf-8")) for chunk in chunk_counts]
     freqs = list(chunk_counts.values())
@@ -170,6 +199,7 @@ def train_hf_bpe(texts: str | Iterable[str], vocab_size: int):
     """The same job with Hugging Face `tokenizers` (Rust; GPT-2 byte-level pre-tokenisation)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+    vocab_size = integer(vocab_size, "vocab_size", low=256)
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -183,6 +213,10 @@ def train_hf_bpe(texts: str | Iterable[str], vocab_size: int):
 
 def bytes_per_token(tokenizer, texts: str | Iterable[str]) -> float:
     """Compression: UTF-8 bytes of the texts divided by the tokens they encode to."""
+    validate.tokenizer(tokenizer)
+    texts = _as_texts(texts)
+    if not texts:
+        raise LabkitError("texts is empty; valid: at least one text to measure")
     n_bytes = n_tokens = 0
     for text in _as_texts(texts):
         encoded = tokenizer.encode(text)

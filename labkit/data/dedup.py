@@ -22,8 +22,9 @@ import plotly.graph_objects as go
 import regex
 
 from labkit.errors import LabkitError
+from labkit.validate import among, checks, fraction, ints, positive_int, text, texts
 
-from .document import Accounting, Document
+from .document import Accounting, Document, _accounting, documents
 
 MERSENNE_61 = np.uint64((1 << 61) - 1)  # the prime p; x mod p needs only shifts and adds
 _M30, _M31 = np.uint64((1 << 30) - 1), np.uint64((1 << 31) - 1)
@@ -35,6 +36,7 @@ _PUNCTUATION = regex.compile(r"\p{P}+")
 _DIGIT = regex.compile(r"\d")
 
 
+@checks(text=text)
 def normalise_text(text: str) -> str:
     """Lowercase, strip diacritics, drop punctuation, digits -> 0, collapse whitespace."""
     text = text.lower()
@@ -45,12 +47,14 @@ def normalise_text(text: str) -> str:
     return " ".join(text.split())
 
 
+@checks(text=text, n=positive_int)
 def ngram_set(text: str, n: int = 5) -> set[tuple[str, ...]]:
     """The word n-grams of the normalised text (one n-gram of all words if it has fewer)."""
     words = normalise_text(text).split()
     return {tuple(words[i:i + n]) for i in range(max(len(words) - n + 1, 1))}
 
 
+@checks(a=text, b=text, n=positive_int)
 def jaccard(a: str, b: str, n: int = 5) -> float:
     """Exact Jaccard similarity |A & B| / |A | B| of the two texts' word n-gram sets."""
     sa, sb = ngram_set(a, n), ngram_set(b, n)
@@ -58,6 +62,7 @@ def jaccard(a: str, b: str, n: int = 5) -> float:
 
 
 # --------------------------------------------------------------------------- exact dedup
+@checks(docs=documents, accounting=_accounting)
 def exact_dedup(docs: Iterable[Document], accounting: Accounting) -> Iterator[Document]:
     """Keep the first document of each normalised text; later copies are dropped."""
     first: dict[str, str] = {}
@@ -88,6 +93,19 @@ def _mod_p(v: np.ndarray) -> np.ndarray:
     return np.minimum(folded, folded - MERSENNE_61, out=folded)  # v - p wraps around when v < p
 
 
+def _keys(value, name: str) -> np.ndarray:
+    if not isinstance(value, np.ndarray) or value.dtype != np.uint64 or value.ndim != 1:
+        shown = f"{value.dtype} array of shape {value.shape}" if isinstance(value, np.ndarray) else type(value).__name__
+        raise LabkitError(f"{name} must be a 1-D numpy uint64 array, got {shown}")
+    return value
+
+
+def _check_hash_args(x, a, b) -> None:
+    if len(_keys(a, "a")) != len(_keys(b, "b")):
+        raise LabkitError(f"a and b must have one entry per hash function, got {len(a)} and {len(b)}")
+
+
+@checks(x=_keys)
 def universal_hash(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(a*x + b) mod p, exactly, for x (n,), a and b (k,) all below p: result (n, k).
 
@@ -99,6 +117,7 @@ def universal_hash(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     Every product is below 2^62 and the sum below 2^64: nothing overflows. In-place updates
     (+=, &=) keep the number of temporary arrays, and so the time, down.
     """
+    _check_hash_args(x, a, b)
     a1, a0 = a >> np.uint64(31), a & _M31
     x1, x0 = (x >> np.uint64(31))[:, None], (x & _M31)[:, None]
     mid = a1 * x0
@@ -113,17 +132,20 @@ def universal_hash(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return _mod_p(total)
 
 
+@checks(x=_keys)
 def multiply_shift_hash(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(a*x + b) mod 2^64 for 32-bit keys x (n,) and 64-bit a, b (k,): result (n, k).
 
     The hash is the top 32 bits (>> 32). Those are monotone in the full value, so the minimum
     can be taken on the full 64 bits and shifted once, per signature entry, at the end.
     """
+    _check_hash_args(x, a, b)
     products = x[:, None] * a  # wraps mod 2^64: that is the definition, not an overflow
     products += b
     return products
 
 
+@checks(num_perm=positive_int, seed=ints(0), family=among(*HASH_FAMILIES))
 def minhash_parameters(
     num_perm: int = 112, seed: int = 1, family: str = "multiply_shift"
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -154,6 +176,17 @@ def _word_hashes(words: list[str], cache: dict) -> np.ndarray:
     return np.fromiter(map(cache.__getitem__, words), dtype=np.uint64, count=len(words))
 
 
+def _words(value, name: str) -> list[str]:
+    return texts(value, name, empty=True)
+
+
+def _word_lists(value, name: str) -> list[list[str]]:
+    if not isinstance(value, (list, tuple)):
+        raise LabkitError(f"{name} must be a list of word lists, got {type(value).__name__}")
+    return [_words(words, f"{name}[{i}]") for i, words in enumerate(value)]
+
+
+@checks(words=_words, n=positive_int)
 def shingle_hashes(words: list[str], n: int = 5, cache: dict | None = None) -> np.ndarray:
     """A 64-bit hash per word n-gram of one document (one n-gram of all words if it has fewer).
 
@@ -171,6 +204,7 @@ def _shingle_polynomial(h: np.ndarray, n: int) -> np.ndarray:
     return x
 
 
+@checks(word_lists=_word_lists, n=positive_int)
 def corpus_shingle_hashes(
     word_lists: list[list[str]], n: int = 5, cache: dict | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -198,6 +232,19 @@ def corpus_shingle_hashes(
     return hashes, owner
 
 
+def _texts_or_documents(value, name: str) -> list[str]:
+    value = [t.text if isinstance(t, Document) else t for t in _listed_iterable(value, name)]
+    return texts(value, name, empty=True)
+
+
+def _listed_iterable(value, name: str) -> list:
+    if isinstance(value, (str, bytes, dict)) or not isinstance(value, Iterable):
+        raise LabkitError(f"{name} must be a list (or iterable) of texts, got {type(value).__name__}")
+    return list(value)
+
+
+@checks(texts=_texts_or_documents, num_perm=positive_int, seed=ints(0), n=positive_int,
+        block=positive_int, family=among(*HASH_FAMILIES))
 def minhash_signatures(
     texts: Iterable[str | Document], num_perm: int = 112, seed: int = 1, n: int = 5,
     block: int = 1024, family: str = "multiply_shift",
@@ -209,9 +256,6 @@ def minhash_signatures(
     multiply_shift keys are the shingle hashes' top 32 bits and its values 32-bit; mersenne61
     keys are the shingle hashes mod p and its values below p.
     """
-    for name, value in (("num_perm", num_perm), ("n", n), ("block", block)):
-        if not isinstance(value, int) or value < 1:
-            raise LabkitError(f"{name}={value!r}; valid: a positive integer")
     a, b = minhash_parameters(num_perm, seed, family)
     texts = [t.text if isinstance(t, Document) else t for t in texts]
     if not texts:
@@ -233,12 +277,36 @@ def minhash_signatures(
     return signatures
 
 
+def _signatures(value, name: str) -> np.ndarray:
+    if not isinstance(value, np.ndarray) or value.ndim not in (1, 2) or value.shape[-1] == 0:
+        shown = f"shape {value.shape}" if isinstance(value, np.ndarray) else type(value).__name__
+        raise LabkitError(f"{name} must be MinHash signatures (a 1-D or 2-D numpy array), got {shown}")
+    return value
+
+
+def _same_signatures(sig_a, sig_b) -> None:
+    if _signatures(sig_a, "sig_a").shape != _signatures(sig_b, "sig_b").shape:
+        raise LabkitError(f"sig_b must have the shape of sig_a {sig_a.shape}, got {sig_b.shape}")
+
+
 def estimated_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
     """The fraction of hash functions whose minima agree: an unbiased Jaccard estimate."""
+    _same_signatures(sig_a, sig_b)
     return (sig_a == sig_b).mean(axis=-1)
 
 
 # --------------------------------------------------------------------------- LSH + clusters
+def _similarity(value, name: str):
+    try:
+        s = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise LabkitError(f"{name} must be Jaccard similarities in [0, 1], got {value!r}") from None
+    if not np.all((s >= 0) & (s <= 1)):  # also refuses nan
+        raise LabkitError(f"{name} must be Jaccard similarities in [0, 1], got {value!r}"[:200])
+    return value
+
+
+@checks(s=_similarity, bands=positive_int, rows=positive_int)
 def candidate_probability(s, bands: int = 14, rows: int = 8):
     """P(two documents with Jaccard s share at least one band) = 1 - (1 - s^rows)^bands."""
     return 1.0 - (1.0 - np.asarray(s, dtype=float) ** rows) ** bands
@@ -246,12 +314,15 @@ def candidate_probability(s, bands: int = 14, rows: int = 8):
 
 def lsh_collides(sig_a: np.ndarray, sig_b: np.ndarray, bands: int = 14, rows: int = 8):
     """Whether signature pairs agree on every row of at least one band."""
+    _same_signatures(sig_a, sig_b)
+    _check_bands(sig_a.shape[-1], bands, rows)
     same = (sig_a == sig_b).reshape(*sig_a.shape[:-1], bands, rows)
     return same.all(axis=-1).any(axis=-1)
 
 
 def _check_bands(num_perm: int, bands: int, rows: int) -> None:
-    if bands < 1 or rows < 1 or bands * rows != num_perm:
+    positive_int(num_perm, "num_perm"), positive_int(bands, "bands"), positive_int(rows, "rows")
+    if bands * rows != num_perm:
         raise LabkitError(
             f"bands={bands}, rows={rows} with num_perm={num_perm}; valid: bands * rows == num_perm"
         )
@@ -259,6 +330,8 @@ def _check_bands(num_perm: int, bands: int, rows: int) -> None:
 
 def near_duplicate_clusters(signatures: np.ndarray, bands: int = 14, rows: int = 8) -> np.ndarray:
     """The cluster representative (lowest index) of each document, by LSH + union-find."""
+    if _signatures(signatures, "signatures").ndim != 2:
+        raise LabkitError(f"signatures must be 2-D (documents, num_perm), got shape {signatures.shape}")
     _check_bands(signatures.shape[1], bands, rows)
     parent = list(range(len(signatures)))
 
@@ -278,6 +351,8 @@ def near_duplicate_clusters(signatures: np.ndarray, bands: int = 14, rows: int =
     return np.array([find(i) for i in range(len(parent))], dtype=np.int64)
 
 
+@checks(docs=documents, accounting=_accounting, seed=ints(0), n=positive_int,
+        family=among(*HASH_FAMILIES))
 def minhash_dedup(
     docs: Iterable[Document],
     accounting: Accounting,
@@ -301,6 +376,7 @@ def minhash_dedup(
 
 
 # ------------------------------------------------------------------------ the S-curve, measured
+@checks(text=text, fraction=fraction, seed=ints(0))
 def mutate_words(text: str, fraction: float, seed: int = 0) -> str:
     """A planted near-duplicate: `fraction` of the words replaced by random words of the text."""
     rng = np.random.default_rng(seed)
@@ -318,6 +394,14 @@ def detection_by_similarity(
 
     Pairs outside [bins[0], bins[-1]] are left out.
     """
+    _similarity(similarity, "similarity"), positive_int(bands, "bands"), positive_int(rows, "rows")
+    if np.shape(similarity) != np.shape(detected) or np.ndim(similarity) != 1:
+        raise LabkitError(f"similarity and detected must be 1-D with one entry per pair, got "
+                          f"shapes {np.shape(similarity)} and {np.shape(detected)}")
+    if bins is not None:
+        _similarity(bins, "bins")
+        if len(bins) < 2 or np.any(np.diff(np.asarray(bins, float)) <= 0):
+            raise LabkitError(f"bins must be two or more increasing edges in [0, 1], got {bins!r}")
     bins = np.linspace(0.0, 1.0, 21) if bins is None else np.asarray(bins, float)
     similarity, detected = np.asarray(similarity, float), np.asarray(detected, bool)
     which = np.searchsorted(bins, similarity, side="right") - 1
@@ -337,6 +421,11 @@ def detection_by_similarity(
 
 def s_curve_figure(bands: int = 14, rows: int = 8, measured: pd.DataFrame | None = None):
     """The LSH S-curve 1 - (1 - s^r)^b, with measured detection rates per bin if given."""
+    positive_int(bands, "bands"), positive_int(rows, "rows")
+    needed = {"theory", "pairs", "s_mean", "rate"}
+    if measured is not None and not (isinstance(measured, pd.DataFrame) and needed <= set(measured)):
+        raise LabkitError(f"measured must be detection_by_similarity's table (columns "
+                          f"{', '.join(sorted(needed))}), got {type(measured).__name__}")
     s = np.linspace(0, 1, 201)
     fig = go.Figure(go.Scatter(x=s, y=candidate_probability(s, bands, rows), mode="lines",
                                name=f"theory: 1 - (1 - s^{rows})^{bands}"))

@@ -19,12 +19,22 @@ from dataclasses import dataclass, field, replace
 import pandas as pd
 import plotly.graph_objects as go
 
+from labkit import validate
+from labkit.errors import LabkitError
+from labkit.validate import checks, function, of_type
+
 
 @dataclass(frozen=True)
 class Document:
     id: str
     text: str
     metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        for name, value, cls in (("id", self.id, str), ("text", self.text, str),
+                                 ("metadata", self.metadata, dict)):
+            if not isinstance(value, cls):
+                raise LabkitError(f"Document {name} must be a {cls.__name__}, got {type(value).__name__}")
 
     def updated(self, text: str | None = None, **metadata) -> Document:
         """A copy with new text and/or extra metadata (steps never mutate their input)."""
@@ -36,6 +46,12 @@ class Document:
 Step = Callable[..., Iterable[Document]]
 
 
+def documents(value, name: str = "docs"):
+    """The documents a step takes: checked now if a list, one by one if a stream."""
+    return validate.stream(value, name, of=Document, what="Document objects")
+
+
+@checks(step=function)
 def step_name(step: Step) -> str:
     """The name a step reports under: its function name, also through functools.partial."""
     while isinstance(step, functools.partial):
@@ -81,10 +97,17 @@ class Accounting:
         return pd.DataFrame(rows, columns=["step", "in", "kept", "dropped", "reasons"])
 
 
+def _accounting(value, name: str):
+    return of_type(Accounting)(value, name)
+
+
+@checks(docs=documents, accounting=_accounting, reason_of=function)
 def keep_if(
     docs: Iterable[Document], accounting: Accounting, step: str, reason_of: Callable
 ) -> Iterator[Document]:
     """The body of a pure filter: `reason_of(doc)` returns why to drop it, or None to keep it."""
+    if not isinstance(step, str) or not step:
+        raise LabkitError(f"step must be the step's name (a non-empty str), got {step!r}")
     for doc in docs:
         reason = reason_of(doc)
         if reason is None:
@@ -107,7 +130,11 @@ def run_pipeline(
     Steps are chained lazily (documents stream through), so a source such as `read_warc` can
     share the same `accounting` and appear as the first row of the table.
     """
-    accounting = accounting if accounting is not None else Accounting()
+    if isinstance(steps, (str, bytes)) or not isinstance(steps, Iterable) or callable(steps):
+        raise LabkitError(f"steps must be a list of step functions, got {type(steps).__name__}")
+    steps = [function(step, f"steps[{i}]") for i, step in enumerate(steps)]
+    docs = documents(docs)
+    accounting = _accounting(accounting, "accounting") if accounting is not None else Accounting()
     stream: Iterable[Document] = docs
     for step in steps:
         name = step_name(step)
@@ -120,6 +147,9 @@ def run_pipeline(
 
 def funnel_figure(table: pd.DataFrame, title: str = "Documents kept at each pipeline step"):
     """A funnel: the documents entering the first step, then those left after each step."""
+    if not isinstance(table, pd.DataFrame) or table.empty or not {"step", "in", "kept"} <= set(table):
+        raise LabkitError("table must be run_pipeline's table (a non-empty DataFrame with columns "
+                          f"step, in, kept), got {type(table).__name__}")
     stages = [f"in: {table['step'].iloc[0]}"] + [f"after {s}" for s in table["step"]]
     counts = [int(table["in"].iloc[0])] + [int(k) for k in table["kept"]]
     fig = go.Figure(go.Funnel(y=stages, x=counts, textinfo="value+percent initial"))
@@ -129,6 +159,7 @@ def funnel_figure(table: pd.DataFrame, title: str = "Documents kept at each pipe
     return fig
 
 
+@checks(step=function)
 def batch_step(step: Step) -> Callable[[dict], dict]:
     """Wrap a step for `datasets.Dataset.map(fn, batched=True, num_proc=...)`.
 

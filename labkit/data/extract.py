@@ -13,13 +13,16 @@ from html.parser import HTMLParser
 
 import trafilatura
 
-from .document import Accounting, Document
+from labkit.validate import checks, function, text
+
+from .document import Accounting, Document, _accounting, documents
 
 _INVISIBLE = {"script", "style", "noscript", "template", "head"}
 _BLOCKS = {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "section",
            "article", "header", "footer", "nav", "aside", "ul", "ol", "table", "title"}
 
 
+@checks(html=text)
 def extract_main_text(html: str) -> str:
     """The main text of a page as trafilatura sees it, with FineWeb's settings; '' if none."""
     text = trafilatura.extract(
@@ -49,6 +52,7 @@ class _TextCollector(HTMLParser):
             self.parts.append(data)
 
 
+@checks(html=text)
 def naive_strip_tags(html: str) -> str:
     """Every visible piece of text, one block per line: navigation and footers included."""
     collector = _TextCollector()
@@ -58,6 +62,7 @@ def naive_strip_tags(html: str) -> str:
     return "\n".join(line for line in lines if line)
 
 
+@checks(docs=documents, accounting=_accounting, extractor=function)
 def extract(
     docs: Iterable[Document],
     accounting: Accounting,

@@ -12,7 +12,9 @@ from collections.abc import Iterable, Iterator
 
 from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
-from .document import Accounting, Document, keep_if
+from labkit.validate import checks, finite, text, texts
+
+from .document import Accounting, Document, _accounting, documents, keep_if
 
 
 @functools.cache
@@ -20,12 +22,18 @@ def _identifier() -> LanguageIdentifier:
     return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
 
 
+@checks(text=text)
 def detect_language(text: str) -> tuple[str, float]:
     """(ISO 639-1 code, probability) of the most likely language."""
     lang, prob = _identifier().classify(text.replace("\n", " "))
     return lang, float(prob)
 
 
+def _languages(value, name: str) -> tuple[str, ...]:
+    return tuple(texts(value, name))  # a bare "en" would test membership in the string "en"
+
+
+@checks(docs=documents, accounting=_accounting, languages=_languages, min_probability=finite)
 def language_filter(
     docs: Iterable[Document],
     accounting: Accounting,

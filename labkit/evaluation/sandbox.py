@@ -1,27 +1,46 @@
 """Run untrusted Python (a model's completion plus its unit tests) and say whether it passed.
 
-The boundary is the operating system, in layers:
+The boundary is the operating system, in layers; each is used where this machine offers it, and
+every run says which ones it got (`SandboxResult.layers`, `sandbox_report()`, `labkit doctor`):
 
-1. A separate process tree in a session of its own, killed as a whole (every member of the
-   session, not only the process group) when the wall-clock timeout expires and again when it
-   ends, so nothing it started outlives it.
-2. Resource limits on every process in it: CPU seconds, address space, file size (which also
-   caps the captured output: stdout and stderr are files, and a flood of print meets
-   "OSError: File too large"), open files, processes, no core dumps.
-3. When the harness runs as root, the program runs as `nobody`: it cannot write or delete the
-   harness's files, cannot signal the harness, and RLIMIT_NPROC (which root ignores) caps a
-   fork bomb. The interpreter must then be one `nobody` can execute (a venv under /root is
-   not), so a system python3 is used for the child when needed.
-4. The program's parent is a small supervisor, not the harness: `os.kill(os.getppid(), 9)`
-   kills the supervisor, the harness sees it and lives on.
-5. A fresh temporary working directory (removed afterwards), a minimal environment with no
-   inherited secrets, `python -I -S` (no site-packages, no PYTHON* variables, no cwd on
-   sys.path).
+1. A supervisor process in a session of its own stands between the harness and the program; it
+   is a child subreaper (PR_SET_CHILD_SUBREAPER), so a descendant that double-forks and calls
+   setsid is re-parented to it, not to init, and is killed when the program ends or times out.
+2. Resource limits on every process: CPU seconds, address space, file size (which also caps
+   the captured output: stdout and stderr are files), open files, processes, no core dumps.
+3. Linux namespaces, built by the supervisor itself with unshare(2) through ctypes (as root
+   directly; as another user through an unprivileged user namespace where the kernel allows
+   one), or by bubblewrap (`bwrap`) where that is installed and the Python path cannot build
+   them (Ubuntu 24.04 allows user namespaces to bwrap's AppArmor profile only; older systems
+   install bwrap setuid). `SandboxLimits.backend` picks; "auto" probes once per process.
+   - a PID namespace whose init is the supervisor's child: when the program ends, init exits
+     and the kernel kills everything left in the namespace; the harness has no pid in it;
+   - a network namespace with nothing but its own loopback (down), and a private IPC namespace;
+   - a mount namespace in which every existing mount is read-only, /tmp, /var/tmp, /dev/shm
+     and the working directory are one private tmpfs of `disk_mb` MiB (the total the program
+     can write; under bubblewrap /var/tmp and /dev/shm are read-only instead), /dev holds
+     only null, zero, full, random and urandom, /proc is read-only and shows only the run's
+     processes, and the harness user's home directory is an empty read-only tmpfs (so
+     ~/.cache/huggingface/token, ~/.ssh and the like are gone; the interpreter, if it lives
+     there, is bound back read-only).
+4. When the harness runs as root, the program runs as `nobody` (RLIMIT_NPROC, which root
+   ignores, then caps a fork bomb). Before exec the program's process drops its capability
+   bounding set and sets no_new_privs, so a root program (run_as=None) has no capabilities.
+5. In same-user mode (a non-root harness, or run_as=None) the harness is non-dumpable
+   (PR_SET_DUMPABLE=0) while programs run, so /proc/<harness pid>/environ is closed to them
+   even without a PID namespace (its old value comes back after the last run).
+6. A fresh working directory, a minimal environment with no inherited secrets, `python -I -S`.
 
 On top, a guard (like human-eval's `reliability_guard`) disables fork/exec/kill, file deletion,
 writes outside the working directory and sockets before the program runs. The guard is NOT a
 security boundary: Python code can undo it (re-import a module, use ctypes). It turns the
-common accidents into clear failures; layers 1-5 hold when it is bypassed.
+common accidents into clear failures; the layers above hold when it is bypassed.
+
+What is not contained where a layer is missing (no namespaces: kernels or containers that
+forbid them, macOS): the program can write to world-writable places and fill the disk there,
+open network connections, and in same-user mode read the user's files and signal the user's
+processes (it can kill its supervisor and then leave a process behind). `sandbox_report()` says
+so for the machine at hand.
 
 Success must be proven: after the program (tests included) has run to its end, the wrapper
 writes a per-run random token to a file descriptor the harness reads. sys.exit(0), os._exit(0)
@@ -45,6 +64,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -53,17 +73,40 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..errors import LabkitError
+from ..validate import integer
 
 OUTCOMES = ("passed", "failed", "timeout", "error")
 _SYNTAX_EXIT = 97  # the wrapper's exit code when the program does not compile
 
-# The supervisor: sets the limits, forks and execs the program's interpreter, passes the token
-# on through a pipe, and exits with the child's status (128 + signal when it was killed). It
-# imports nothing but os, resource and sys: it is started for every program.
+# The supervisor: sets the limits, enters the namespaces it can get and builds the private file
+# system, forks (init of the PID namespace, which forks) the program's interpreter, passes the
+# token on through a pipe, kills whatever is left, and exits with the program's status (128 +
+# signal when it was killed). It writes the layers it got to the report descriptor, which the
+# program never holds. It imports only os, resource, signal, sys and (on Linux) ctypes.
 _SUPERVISOR = r"""
-import os, resource, sys
-fd, wrapper = int(sys.argv[1]), sys.argv[2]
-for spec in sys.argv[3:]:
+import os, resource, signal, sys
+
+token_fd, report_fd, wrapper = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+opts, hide, specs = {}, [], []
+for arg in sys.argv[4:]:
+    if arg.startswith("--"):
+        key, value = arg[2:].split("=", 1)
+        if key == "hide":
+            hide.append(value)
+        else:
+            opts[key] = value
+    else:
+        specs.append(arg)
+uid = int(opts["uid"]) if "uid" in opts else None
+gid = int(opts["gid"]) if "gid" in opts else None
+
+def report(*words):
+    os.write(report_fd, (" ".join(words) + " ").encode())
+
+def note(what, exc):
+    report("note:" + what + ":" + type(exc).__name__ + ":" + str(exc).replace(" ", "_"))
+
+for spec in specs:
     name, soft, hard = spec.split(":")
     res, soft, hard = getattr(resource, name), int(soft), int(hard)
     ceiling = resource.getrlimit(res)[1]
@@ -76,19 +119,287 @@ while not token.endswith(b"\n"):
     if not chunk:
         break
     token += chunk
-read_end, write_end = os.pipe()
-pid = os.fork()
-if pid == 0:
+
+libc = None
+if sys.platform.startswith("linux"):
     try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
+        libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+    except Exception as exc:  # no ctypes or no libc: only the portable layers
+        note("ctypes", exc)
+        libc = None
+
+def call(result):
+    if result == -1:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
+    return result
+
+def prctl(option, arg=0):
+    return call(libc.prctl(option, arg, 0, 0, 0))
+
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC = 1, 2, 4, 8, 32, 4096, 16384
+MS_PRIVATE = 1 << 18
+
+def mount(source, target, fstype, flags, data=None):
+    enc = lambda s: s.encode() if isinstance(s, str) else s
+    call(libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)))
+
+def enter_namespaces():
+    # mount, PID (for the next child), network, IPC, UTS; root needs no user namespace
+    flags = 0x00020000 | 0x20000000 | 0x40000000 | 0x08000000 | 0x04000000
+    euid, egid = os.geteuid(), os.getegid()
+    if euid == 0 and libc.unshare(flags) == 0:
+        return "root"
+    call(libc.unshare(0x10000000 | flags))  # and a user namespace
+    if euid == 0:  # root with CAP_SETUID but not CAP_SYS_ADMIN (a container): map both ids
+        ids = {0, uid if uid is not None else 0}
+        gids = {0, gid if gid is not None else 0}
+        uid_map = "".join(f"{i} {i} 1\n" for i in sorted(ids))
+        gid_map = "".join(f"{i} {i} 1\n" for i in sorted(gids))
+    else:
+        with open("/proc/self/setgroups", "w") as handle:
+            handle.write("deny")
+        uid_map, gid_map = f"{euid} {euid} 1\n", f"{egid} {egid} 1\n"
+    with open("/proc/self/uid_map", "w") as handle:
+        handle.write(uid_map)
+    with open("/proc/self/gid_map", "w") as handle:
+        handle.write(gid_map)
+    return "user"
+
+def read_only_everywhere():
+    if os.uname().machine in ("x86_64", "aarch64", "arm64", "riscv64", "ppc64le", "s390x"):
+        attr = (ctypes.c_uint64 * 4)(1, 0, 0, 0)  # mount_setattr: MOUNT_ATTR_RDONLY, recursive
+        if libc.syscall(442, -100, b"/", 0x8000, ctypes.byref(attr), ctypes.sizeof(attr)) == 0:
+            return
+    # older kernels: remount each mount read-only, keeping the flags a user namespace locks
+    keep = ((os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV), (os.ST_NOEXEC, MS_NOEXEC))
+    with open("/proc/self/mountinfo") as handle:
+        points = [line.split()[4] for line in handle]
+    for point in points:
+        point = point.encode().decode("unicode_escape")
+        try:
+            flags = os.statvfs(point).f_flag
+            extra = sum(m for s, m in keep if flags & s)
+            mount(None, point, None, MS_REMOUNT | MS_BIND | MS_RDONLY | extra)
+        except OSError as exc:
+            if point == "/":
+                raise
+            note("ro:" + point, exc)
+
+def minimal_dev():
+    # device nodes stay writable on a read-only mount: a root program could write a raw disk.
+    # /dev becomes a read-only tmpfs with the harmless nodes bound in (as bubblewrap's --dev)
+    nodes = [n for n in ("null", "zero", "full", "random", "urandom") if os.path.exists("/dev/" + n)]
+    handles = [os.open("/dev/" + n, os.O_PATH) for n in nodes]
+    mount("tmpfs", "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "size=65536,nr_inodes=64,mode=0755")
+    for name, handle in zip(nodes, handles):
+        open("/dev/" + name, "w").close()
+        mount(f"/proc/self/fd/{handle}", "/dev/" + name, None, MS_BIND)
+        os.close(handle)
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+        os.symlink(target, "/dev/" + name)
+    os.mkdir("/dev/shm")
+    mount(None, "/dev", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NOEXEC)
+
+def private_tmp(size, inner):
+    # one tmpfs holds /tmp, /var/tmp, /dev/shm and the working directory: one total cap
+    mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},nr_inodes=4096,mode=1777")
+    for sub in ("tmp", "var-tmp", "shm"):
+        os.mkdir("/tmp/" + sub)
+        os.chmod("/tmp/" + sub, 0o1777)
+    for target, sub in (("/var/tmp", "var-tmp"), ("/dev/shm", "shm"), ("/tmp", "tmp")):
+        if os.path.isdir(target):
+            mount("/tmp/" + sub, target, None, MS_BIND)
+
+def make_workdir(source, inner):
+    os.mkdir(inner, 0o700)
+    with open(inner + "/program.py", "wb") as handle:
+        handle.write(source)
+    if uid is not None:
+        os.chown(inner, uid, gid)
+        os.chown(inner + "/program.py", uid, gid)
+    os.chdir(inner)
+    os.environ["HOME"] = os.environ["TMPDIR"] = inner
+
+def hide_homes():
+    # the interpreter may live in the home directory (pyenv, conda): bind it back, read-only
+    places = (sys.base_prefix, sys.prefix, os.path.dirname(os.path.realpath(sys.executable)))
+    needed = {os.path.realpath(p) for p in places}
+    needed = {p for p in needed if not any(p.startswith(q + os.sep) for q in needed)}
+    hidden = True
+    for home in hide:
+        home = os.path.realpath(home)
+        if home == "/" or not os.path.isdir(home):
+            continue  # nothing to hide, or already under the private /tmp
+        inside = sorted(p for p in needed if p.startswith(home + os.sep))
+        if home in needed:
+            report("note:home-holds-the-interpreter:" + home)
+            hidden = False
+            continue
+        handles = [os.open(p, os.O_PATH | os.O_DIRECTORY) for p in inside]
+        mount("tmpfs", home, "tmpfs", MS_NOSUID | MS_NODEV, "size=65536,nr_inodes=256,mode=0755")
+        for path, handle in zip(inside, handles):
+            os.makedirs(path, exist_ok=True)
+            mount(f"/proc/self/fd/{handle}", path, None, MS_BIND | MS_REC)
+            os.close(handle)
+        mount(None, home, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    return hidden
+
+def drop_privileges():
+    if libc is not None:
+        try:
+            prctl(38, 1)  # PR_SET_NO_NEW_PRIVS: no setuid binary gives privileges back
+            prctl(47, 4)  # PR_CAP_AMBIENT_CLEAR_ALL
+        except OSError:
+            pass
+        try:
+            for cap in range(64):  # empty the bounding set (needs CAP_SETPCAP: root, user ns)
+                if libc.prctl(24, cap, 0, 0, 0) != 0:
+                    break
+            prctl(28, 0b11)  # SECBIT_NOROOT, locked: exec as uid 0 grants no capabilities
+            if uid is None and os.geteuid() == 0:
+                report("no-capabilities")  # a root program: what it lacks is what matters
+        except OSError:
+            pass
+    if uid is not None:
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+
+def start_program(read_end, write_end):
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.close(write_end)
         os.dup2(read_end, 0)
-        os.execv(sys.executable, [sys.executable, "-I", "-S", "-c", wrapper, str(fd)])
+        drop_privileges()
+        os.close(report_fd)
+        os.execv(sys.executable, [sys.executable, "-I", "-S", "-c", wrapper, str(token_fd)])
     finally:
         os._exit(127)
+
+def exit_code(status):
+    code = os.waitstatus_to_exitcode(status)
+    return code if code >= 0 else 128 - code
+
+def kill_children():
+    # kill the supervisor's children until none is left; as a subreaper, every orphaned
+    # descendant becomes a child, however it detached (setsid, double fork, empty environment)
+    me = str(os.getpid()).encode()
+    while True:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0]:
+                continue
+        except ChildProcessError:
+            return
+        for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat", "rb") as handle:
+                        if handle.read().rsplit(b")", 1)[1].split()[1] == me:
+                            os.kill(int(entry), signal.SIGKILL)
+                except (OSError, IndexError):
+                    pass
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+
+child = None
+
+def stop(signum, frame):  # the harness's timeout, or a program that signals its supervisor
+    if child:
+        try:
+            os.kill(child, signal.SIGKILL)
+        except OSError:
+            pass
+    kill_children()
+    os._exit(128 + signum)
+
+signal.signal(signal.SIGTERM, stop)
+
+namespaces = None
+if libc is not None:
+    try:
+        prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+        report("subreaper")
+    except OSError as exc:
+        note("subreaper", exc)
+    if opts.get("ns") == "1":
+        try:
+            namespaces = enter_namespaces()
+            report("pid-namespace", "net-namespace", "ipc-namespace")
+            if namespaces == "user":
+                report("user-namespace")
+        except OSError as exc:
+            note("namespaces", exc)
+
+if namespaces:
+    try:
+        with open("program.py", "rb") as handle:
+            source = handle.read()
+        mount(None, "/", None, MS_REC | MS_PRIVATE)
+        read_only_everywhere()
+        try:
+            minimal_dev()
+            report("read-only-fs")  # device nodes included
+        except OSError as exc:
+            note("dev", exc)
+        inner = "/tmp/" + os.path.basename(os.getcwd())
+        private_tmp(int(opts["disk"]), inner)
+        make_workdir(source, inner)
+        report("private-tmp")
+        if hide_homes():
+            report("home-hidden")
+    except OSError as exc:
+        note("mounts", exc)
+elif "workdir" in opts:
+    # bubblewrap built the namespaces and the file system; the program comes in /tmp
+    with open(opts["program"], "rb") as handle:
+        source = handle.read()
+    os.unlink(opts["program"])
+    make_workdir(source, opts["workdir"])
+    report("inside-bwrap")
+
+read_end, write_end = os.pipe()
+child = os.fork()
+if child == 0 and namespaces:
+    # pid 1 of the new PID namespace: /proc for it, then the program; when the program ends,
+    # init exits and the kernel kills every process left in the namespace
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: the namespace dies with its supervisor
+    try:
+        # read-only: a root program without capabilities could still write sysctls it owns
+        mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY)
+        report("private-proc")
+    except OSError as exc:
+        note("proc", exc)
+    program = os.fork()
+    if program == 0:
+        start_program(read_end, write_end)
+    os.close(read_end)
+    os.close(write_end)
+    os.close(report_fd)
+    os.close(token_fd)
+    while True:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            os._exit(127)
+        if pid == program:
+            os._exit(exit_code(status))
+if child == 0:
+    start_program(read_end, write_end)
 os.close(read_end)
 os.write(write_end, token)
 os.close(write_end)
-code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-os._exit(code if code >= 0 else 128 - code)
+status = os.waitpid(child, 0)[1]
+child = None
+kill_children()
+os._exit(exit_code(status))
 """
 
 # The wrapper: reads the token, compiles the program, installs the guard, runs the program,
@@ -179,16 +490,113 @@ _main()
 """
 
 
+BACKENDS = ("auto", "unshare", "bwrap", "none")
+
+# (field, lowest, highest) of the integer limits. The lows are what a correct program needs:
+# the interpreter does not start in less address space or with fewer descriptors, and the
+# program, its supervisor and init count as processes.
+_LIMIT_RANGES = (
+    ("memory_mb", 64, 65536),
+    ("file_size_mb", 1, 4096),
+    ("disk_mb", 1, 4096),
+    ("max_processes", 4, 4096),
+    ("max_open_files", 16, 65536),
+    ("output_chars", 0, None),
+)
+
+
 @dataclass(frozen=True)
 class SandboxLimits:
     cpu_seconds: int | None = None  # default: the timeout rounded up, plus one
     memory_mb: int = 512  # address space per process
     file_size_mb: int = 4  # largest file the program may write; stdout/stderr are files too
+    disk_mb: int = 32  # all it may write: the tmpfs of /tmp, /var/tmp, /dev/shm and its directory
     max_processes: int = 32  # processes of the sandbox user (RLIMIT_NPROC); root ignores it
     max_open_files: int = 64
     output_chars: int = 4000  # how much of stdout and stderr comes back
     run_as: str | None = "nobody"  # user to drop to when the harness is root; None keeps root
     python: str | None = None  # interpreter; default: sys.executable, or python3 for `nobody`
+    # who builds the namespaces: "auto" (unshare(2) from Python; bubblewrap where that fails
+    # and bwrap works), "unshare", "bwrap", or "none" (only the portable layers: to compare)
+    backend: str = "auto"
+
+    def __post_init__(self):
+        # a negative memory_mb would remove the cap, max_processes=0 would fail every program
+        for name, low, high in _LIMIT_RANGES:
+            integer(getattr(self, name), f"SandboxLimits.{name}", low=low, high=high)
+        if self.cpu_seconds is not None:
+            integer(self.cpu_seconds, "SandboxLimits.cpu_seconds", low=1, high=3600)
+        for name in ("run_as", "python"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise LabkitError(
+                    f"SandboxLimits.{name}={value!r}: valid is None or a non-empty string"
+                )
+        if self.backend not in BACKENDS:
+            raise LabkitError(
+                f"SandboxLimits.backend={self.backend!r}: valid is one of {', '.join(BACKENDS)}"
+            )
+
+
+# The layers a run can get, and what each one stops when the in-process guard is bypassed.
+LAYERS = {
+    "session": "own session and process group, killed as a whole",
+    "rlimits": "CPU seconds, address space, file size, open files, processes",
+    "supervisor": "its parent is a supervisor, not the harness",
+    "subreaper": "orphaned descendants are re-parented to the supervisor and killed with the run",
+    "other-user": "runs as another user (nobody): the harness's files and processes are closed",
+    "pid-namespace": "own PID namespace: everything dies with its init; the harness has no pid",
+    "private-proc": "/proc shows only the run's own processes",
+    "net-namespace": "own network namespace: no interface but its own loopback",
+    "ipc-namespace": "own System V IPC namespace",
+    "user-namespace": "namespaces through an unprivileged user namespace (no root needed)",
+    "bwrap": "bubblewrap built the namespaces and the file system",
+    "read-only-fs": "every existing mount is read-only",
+    "private-tmp": "/tmp, /var/tmp, /dev/shm and the working directory are one capped tmpfs",
+    "home-hidden": "the harness user's home directory is an empty read-only tmpfs",
+    "harness-undumpable": "the harness is non-dumpable: /proc/<harness>/environ is closed",
+    "no-capabilities": "a root program has no capabilities: processes that hold some are closed",
+}
+
+# (threat, the sets of layers any one of which contains it, (layer, what it holds) in part).
+_THREATS = {
+    "outlive": (
+        "a process outlives the run (fork + setsid + exec, empty environment)",
+        (("pid-namespace",), ("subreaper", "other-user")),
+        ("subreaper", "killed at the end, unless the program first kills its supervisor"),
+    ),
+    "write-outside": (
+        "writes outside the working directory (_io.open on /tmp, /var/tmp, /dev/shm)",
+        (("read-only-fs", "private-tmp"),),
+        ("other-user", "only world-writable places: /tmp, /var/tmp, /dev/shm"),
+    ),
+    "network": (
+        "network connections (a re-imported socket to 127.0.0.1)",
+        (("net-namespace",),),
+        None,
+    ),
+    "disk-fill": (
+        "filling the disk with many files of the per-file limit",
+        (("private-tmp",),),
+        None,
+    ),
+    "harness-environ": (
+        "reading the harness's environment (/proc/<pid>/environ)",
+        (("private-proc",), ("other-user",), ("harness-undumpable",)),
+        None,
+    ),
+    "user-processes": (
+        "reading the environment of the user's other processes (the notebook server)",
+        (("private-proc",), ("other-user",)),
+        ("no-capabilities", "only processes that hold capabilities (root's usually do)"),
+    ),
+    "home-secrets": (
+        "reading the user's secrets (~/.cache/huggingface/token)",
+        (("home-hidden",),),
+        ("other-user", "only files that are not world-readable"),
+    ),
+    "kill": ("killing the harness or the supervisor", (("pid-namespace",), ("other-user",)), None),
+}
 
 
 @dataclass
@@ -201,12 +609,62 @@ class SandboxResult:
     stderr: str = ""
     session: int | None = None  # session id of the process tree (its supervisor's pid)
     marker: str = ""  # environment entry every process of the run inherits
-    isolation: str = ""  # which user and interpreter ran it
+    isolation: str = ""  # which user and interpreter ran it, and its layers
     workdir: str = field(default="", repr=False)  # removed by the time you read this
+    layers: tuple[str, ...] = ()  # the OS layers this run got (keys of LAYERS)
+    notes: tuple[str, ...] = field(default=(), repr=False)  # why a layer is missing
 
     @property
     def passed(self) -> bool:
         return self.outcome == "passed"
+
+
+@dataclass(frozen=True)
+class SandboxReport:
+    """Which layers a probe run got on this machine in one mode, and what that contains."""
+
+    mode: str
+    layers: tuple[str, ...]
+    missing: tuple[str, ...]
+    notes: tuple[str, ...] = ()
+
+    def threats(self) -> list[dict]:
+        """One row per class of guard-bypassing program: contained, and by which layers."""
+        rows = []
+        for key, (threat, containing, partly) in _THREATS.items():
+            by = [" + ".join(need) for need in containing if set(need) <= set(self.layers)]
+            if by:
+                status, detail = "contained", " or ".join(by)
+            elif partly and partly[0] in self.layers:
+                status, detail = "partly", f"{partly[0]}: {partly[1]}"
+            else:
+                status = "NOT contained"
+                detail = "needs " + " or ".join(" + ".join(need) for need in containing)
+            rows.append({"key": key, "threat": threat, "status": status, "by": detail})
+        return rows
+
+    def status(self, key: str) -> str:
+        """ "contained", "partly" or "NOT contained" for one threat (a key of the table)."""
+        if key not in _THREATS:
+            raise LabkitError(f"unknown threat {key!r}; valid: {', '.join(_THREATS)}")
+        return next(row["status"] for row in self.threats() if row["key"] == key)
+
+    def table(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.threats())
+
+    @property
+    def complete(self) -> bool:
+        return all(row["status"] == "contained" for row in self.threats())
+
+    def __str__(self) -> str:
+        lines = [f"sandbox mode: {self.mode}", "active layers: " + ", ".join(self.layers)]
+        if self.missing:
+            lines.append("missing layers: " + ", ".join(self.missing))
+        for row in self.threats():
+            lines.append(f"  {row['status']:<13} {row['threat']} ({row['by']})")
+        return "\n".join(lines)
 
 
 def _world_executable(path: str) -> bool:
@@ -246,9 +704,17 @@ def _isolation(run_as: str | None, python: str | None) -> tuple[tuple[int, int] 
     return (entry.pw_uid, entry.pw_gid), interpreter
 
 
+def _limits(limits) -> SandboxLimits:
+    if limits is None:
+        return SandboxLimits()
+    if not isinstance(limits, SandboxLimits):
+        raise LabkitError(f"limits must be a SandboxLimits (or None), not {type(limits).__name__}")
+    return limits
+
+
 def drops_privileges(limits: SandboxLimits | None = None) -> bool:
     """Whether programs run as another user (`limits.run_as`): only when the harness is root."""
-    limits = limits or SandboxLimits()
+    limits = _limits(limits)
     return _isolation(limits.run_as, limits.python)[0] is not None
 
 
@@ -269,6 +735,10 @@ def sandbox_processes(session: int, marker: str = "") -> list[int]:
     """Live (non-zombie) processes of one sandbox run, from /proc (empty where there is none):
     members of its session, and any process whose environment carries the run's marker (a
     child that escaped the session with setsid still inherited the environment)."""
+    session = integer(session, "session", low=0)
+    if not isinstance(marker, str):
+        raise LabkitError(f"marker must be a string (the run's environment marker), got "
+                          f"{type(marker).__name__}")
     found = []
     needle = marker.encode()
     for proc_dir in Path("/proc").glob("[0-9]*"):
@@ -396,6 +866,171 @@ def _classify(rc, timed_out, proven, stderr_tail, full, timeout, limits, cpu):
     return "failed", detail or f"exited with code {rc}"
 
 
+@lru_cache(maxsize=1)
+def _libc():
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+_undumpable_lock = threading.Lock()
+_undumpable = {"runs": 0, "before": 1, "ok": False}
+
+
+@contextlib.contextmanager
+def _harness_undumpable():
+    """PR_SET_DUMPABLE=0 on the harness while same-user programs run: a program of the same user
+    can then neither read /proc/<harness pid>/environ nor attach a debugger. The old value
+    comes back when the last concurrent run ends (non-dumpable, even the harness cannot read
+    its own /proc/self/environ, and py-spy or gdb cannot attach)."""
+    libc = _libc()
+    if libc is None:
+        yield False
+        return
+    with _undumpable_lock:
+        if _undumpable["runs"] == 0:
+            _undumpable["before"] = libc.prctl(3, 0, 0, 0, 0)  # PR_GET_DUMPABLE
+            _undumpable["ok"] = libc.prctl(4, 0, 0, 0, 0) == 0  # PR_SET_DUMPABLE
+        _undumpable["runs"] += 1
+    try:
+        yield _undumpable["ok"]
+    finally:
+        with _undumpable_lock:
+            _undumpable["runs"] -= 1
+            if _undumpable["runs"] == 0 and _undumpable["before"] > 0:
+                libc.prctl(4, _undumpable["before"], 0, 0, 0)
+
+
+def _homes_to_hide() -> list[str]:
+    """The harness user's home (from HOME and from the password database)."""
+    homes = [os.path.expanduser("~")]
+    with contextlib.suppress(KeyError, ImportError):
+        import pwd
+
+        homes.append(pwd.getpwuid(os.geteuid()).pw_dir)
+    return sorted({h for h in homes if h and os.path.isabs(h)})
+
+
+def _read_report(path: str) -> tuple[set[str], tuple[str, ...]]:
+    """The words the supervisor wrote (layers it got, "inside-bwrap") and its notes."""
+    with open(path, "rb") as handle:
+        words = handle.read(8192).decode("utf-8", errors="replace").split()
+    notes = tuple(w[5:].replace("_", " ") for w in words if w.startswith("note:"))
+    return set(words), notes
+
+
+# What a backend must give for "auto" to take it: the layers that stop the bypasses.
+_NAMESPACE_LAYERS = ("pid-namespace", "net-namespace", "read-only-fs", "private-tmp")
+_BWRAP_LAYERS = (
+    "bwrap",
+    "pid-namespace",
+    "private-proc",
+    "net-namespace",
+    "ipc-namespace",
+    "read-only-fs",
+    "private-tmp",
+)
+_BWRAP_PROGRAM = "/tmp/.labkit-program.py"
+
+
+def _backend(limits: SandboxLimits) -> str:
+    if limits.backend == "bwrap" and shutil.which("bwrap") is None:
+        raise LabkitError(
+            "SandboxLimits.backend='bwrap' but bwrap is not installed "
+            "(Debian/Ubuntu: apt-get install bubblewrap); valid here: auto, unshare, none"
+        )
+    if limits.backend != "auto":
+        return limits.backend
+    return _auto_backend(limits.run_as, limits.python)
+
+
+@lru_cache(maxsize=8)
+def _auto_backend(run_as: str | None, python: str | None) -> str:
+    """unshare(2) from Python where it builds the namespaces; else bubblewrap where it is
+    installed and does (Ubuntu 24.04 lets only bwrap's AppArmor profile use user namespaces;
+    older systems install bwrap setuid). Decided once per process by a probe program."""
+    if not sys.platform.startswith("linux"):
+        return "none"
+    for backend in ("unshare", "bwrap"):
+        if backend == "bwrap" and shutil.which("bwrap") is None:
+            continue
+        limits = SandboxLimits(run_as=run_as, python=python, backend=backend)
+        probe = check_program("pass\n", timeout=30, limits=limits)
+        if probe.passed and set(_NAMESPACE_LAYERS) <= set(probe.layers):
+            return backend
+    return "unshare"  # the portable layers and whatever the kernel allowed
+
+
+def _bwrap_argv(interpreter: str, disk_bytes: int, program_fd: int) -> tuple[list[str], bool]:
+    """bubblewrap's part of the command line, building the file system the unshare path builds:
+    every mount read-only, /dev minimal and read-only, /proc private and read-only, /tmp a
+    tmpfs of `disk_bytes` (the total the program can write; /var/tmp and /dev/shm stay
+    read-only), the harness user's home an empty tmpfs with the interpreter bound back.
+    Returns (argv, whether every home is hidden)."""
+    argv = [shutil.which("bwrap") or "bwrap", "--unshare-pid", "--unshare-net", "--unshare-ipc"]
+    if os.geteuid() != 0:  # root keeps its capabilities (to drop to nobody); others need a userns
+        argv += ["--unshare-user", "--disable-userns"]
+    argv += ["--unshare-uts", "--die-with-parent", "--ro-bind", "/", "/"]
+    argv += ["--dev", "/dev", "--remount-ro", "/dev", "--proc", "/proc", "--remount-ro", "/proc"]
+    argv += ["--size", str(disk_bytes), "--perms", "1777", "--tmpfs", "/tmp"]
+    # the interpreter's prefix (bin/..), for the venv and for the Python it points to
+    keep = {
+        os.path.dirname(os.path.dirname(path))
+        for path in (os.path.realpath(interpreter), os.path.abspath(interpreter))
+    }
+    hidden, covered = True, ["/tmp"]
+    for home in sorted(os.path.realpath(h) for h in _homes_to_hide()):
+        if home == "/" or not os.path.isdir(home):
+            continue
+        if any(home == c or home.startswith(c + os.sep) for c in covered):
+            continue  # already under the private /tmp or a hidden home
+        if home in keep:
+            hidden = False
+            continue
+        argv += ["--tmpfs", home]
+        covered.append(home)
+        for path in sorted(k for k in keep if k.startswith(home + os.sep)):
+            argv += ["--ro-bind", path, path]
+        argv += ["--remount-ro", home]
+    argv += ["--file", str(program_fd), _BWRAP_PROGRAM, "--chdir", "/tmp", "--"]
+    return argv, hidden
+
+
+def _supervise(argv, files, workdir, env, token, marker, timeout):
+    """Start the supervisor, hand it the token, wait for it up to the timeout, then make sure
+    nothing of the run is left. Returns (proc, timed_out); OSError if it cannot start."""
+    out, err, tok, rep, source = files
+    # the supervisor keeps the harness's user (root can build namespaces, and a program running
+    # as nobody cannot signal it); the program's own process drops privileges
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.PIPE,
+        stdout=out,
+        stderr=err,
+        cwd=workdir,
+        env=env,
+        start_new_session=True,
+        pass_fds=(tok.fileno(), rep.fileno(), source.fileno()),
+    )
+    with contextlib.suppress(OSError):
+        proc.stdin.write((token + "\n").encode())
+        proc.stdin.close()
+    timed_out = not _wait_for_exit(proc, timeout)
+    if timed_out:
+        # the supervisor kills its whole tree (the namespace, or every adopted orphan)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
+        _wait_for_exit(proc, 0.5)
+    _kill_run(proc.pid, marker)
+    proc.wait()
+    return proc, timed_out
+
+
 def check_program(
     program: str, timeout: float = 3.0, limits: SandboxLimits | None = None
 ) -> SandboxResult:
@@ -408,8 +1043,9 @@ def check_program(
         )
     if not (isinstance(timeout, (int, float)) and 0 < timeout <= 600):
         raise LabkitError(f"timeout={timeout!r}: valid is a number of seconds in (0, 600]")
-    limits = limits or SandboxLimits()
+    limits = _limits(limits)
     identity, interpreter = _isolation(limits.run_as, limits.python)
+    backend = _backend(limits)
     cpu = limits.cpu_seconds or math.ceil(timeout) + 1
     if identity is not None:
         nproc = _processes_of(identity[0]) + limits.max_processes
@@ -428,17 +1064,19 @@ def check_program(
     }
     if not Path("/proc").is_dir():
         del rlimits["RLIMIT_NPROC"]  # cannot count the user's processes: a limit could block all
+    layers = ["session", "rlimits", "supervisor"]
+    if identity is not None:
+        layers.append("other-user")
     token = secrets.token_hex(16)
     run_id = secrets.token_hex(8)
     marker = f"LABKIT_SANDBOX_RUN={run_id}"
     who = f"uid {identity[0]} ({limits.run_as})" if identity else f"uid {os.getuid()}"
-    isolation = f"{who}, {interpreter}"
 
     workdir = tempfile.mkdtemp(prefix="labkit-sandbox-")
     io_dir = tempfile.mkdtemp(prefix="labkit-sandbox-io-")  # the harness's side: never shared
     try:
         Path(workdir, "program.py").write_text(program, encoding="utf-8")
-        if identity is not None:
+        if identity is not None:  # without a mount namespace the program works here
             os.chown(workdir, *identity)
             os.chown(Path(workdir, "program.py"), *identity)
         env = {
@@ -452,49 +1090,52 @@ def check_program(
             "PYTHONDONTWRITEBYTECODE": "1",
             "LABKIT_SANDBOX_RUN": run_id,  # finds the run's processes even outside its session
         }
-        out_path, err_path, token_path = (os.path.join(io_dir, n) for n in ("out", "err", "token"))
+        options = [f"--ns={int(backend == 'unshare')}", f"--disk={limits.disk_mb * mib}"]
+        options += [f"--hide={home}" for home in _homes_to_hide()]
+        if identity is not None:
+            options += [f"--uid={identity[0]}", f"--gid={identity[1]}"]
+        prefix, homes_hidden = [], False
+        if backend == "bwrap":
+            inner = "/tmp/" + os.path.basename(workdir)
+            options += [f"--workdir={inner}", f"--program={_BWRAP_PROGRAM}"]
+        paths = [os.path.join(io_dir, n) for n in ("out", "err", "token", "report")]
+        out_path, err_path, token_path, report_path = paths
         with (
             open(out_path, "wb") as out,
             open(err_path, "wb") as err,
             open(token_path, "wb") as tok,
+            open(report_path, "wb") as rep,
+            open(Path(workdir, "program.py"), "rb") as source,
         ):
+            if backend == "bwrap":
+                prefix, homes_hidden = _bwrap_argv(
+                    interpreter, limits.disk_mb * mib, source.fileno()
+                )
             specs = [f"{name}:{soft}:{hard}" for name, (soft, hard) in rlimits.items()]
+            closed = _harness_undumpable() if identity is None else contextlib.nullcontext(False)
             start = time.monotonic()
             try:
-                proc = subprocess.Popen(
-                    [
-                        interpreter,
-                        "-I",
-                        "-S",
-                        "-c",
-                        _SUPERVISOR,
-                        str(tok.fileno()),
-                        _WRAPPER,
-                        *specs,
-                    ],
-                    stdin=subprocess.PIPE,
-                    stdout=out,
-                    stderr=err,
-                    cwd=workdir,
-                    env=env,
-                    start_new_session=True,
-                    pass_fds=(tok.fileno(),),
-                    **(
-                        {"user": identity[0], "group": identity[1], "extra_groups": []}
-                        if identity
-                        else {}
-                    ),
-                )
+                with closed as undumpable:
+                    if undumpable:
+                        layers.append("harness-undumpable")
+                    proc, timed_out = _supervise(
+                        [*prefix, interpreter, "-I", "-S", "-c", _SUPERVISOR, str(tok.fileno())]
+                        + [str(rep.fileno()), _WRAPPER, *options, *specs],
+                        (out, err, tok, rep, source),
+                        workdir,
+                        env,
+                        token,
+                        marker,
+                        timeout,
+                    )
             except OSError as exc:
                 return SandboxResult(
-                    "error", f"could not start the sandbox: {exc}", 0.0, None, isolation=isolation
+                    "error",
+                    f"could not start the sandbox: {exc}",
+                    0.0,
+                    None,
+                    isolation=f"{who}, {interpreter}",
                 )
-            with contextlib.suppress(OSError):
-                proc.stdin.write((token + "\n").encode())
-                proc.stdin.close()
-            timed_out = not _wait_for_exit(proc, timeout)
-            _kill_run(proc.pid, marker)
-            proc.wait()
             wall = time.monotonic() - start
         stdout = _read_capped(out_path, limits.output_chars)
         stderr = _read_capped(err_path, limits.output_chars)
@@ -505,9 +1146,20 @@ def check_program(
         ]
         with open(token_path, "rb") as handle:
             proven = handle.read(256) == token.encode()
+        got, notes = _read_report(report_path)
+        if "inside-bwrap" in got:  # bubblewrap builds all it was asked for, or nothing
+            got.update(_BWRAP_LAYERS)
+            if os.geteuid() != 0:
+                got.add("user-namespace")
+            if homes_hidden:
+                got.add("home-hidden")
+        layers += [layer for layer in LAYERS if layer in got]
         outcome, reason = _classify(
             proc.returncode, timed_out, proven, _read_tail(err_path), full, timeout, limits, cpu
         )
+        if backend == "bwrap" and "inside-bwrap" not in got:
+            outcome = "error"
+            reason = "bubblewrap could not build the sandbox: " + _last_line(stderr)
         return SandboxResult(
             outcome,
             reason,
@@ -517,16 +1169,54 @@ def check_program(
             stderr,
             session=proc.pid,
             marker=marker,
-            isolation=isolation,
+            isolation=f"{who}, {interpreter}; layers: {', '.join(layers)}",
             workdir=workdir,
+            layers=tuple(layers),
+            notes=notes,
         )
     finally:
         _remove_tree(workdir)
         _remove_tree(io_dir)
 
 
+def sandbox_report(limits: SandboxLimits | None = None) -> SandboxReport:
+    """Run a trivial program and report which layers it got on this machine, in the mode that
+    `limits` selects (root dropping to `run_as`, or the harness's own user)."""
+    limits = _limits(limits)
+    result = check_program("pass\n", timeout=30, limits=limits)
+    identity, _ = _isolation(limits.run_as, limits.python)
+    backend = _backend(limits)
+    if identity is not None:
+        mode = f"root harness, programs run as {limits.run_as} (uid {identity[0]})"
+    else:
+        user = "root" if os.geteuid() == 0 else f"uid {os.geteuid()}"
+        mode = f"same user: programs run as the harness's user ({user})"
+    mode += {
+        "unshare": "; namespaces by unshare(2)",
+        "bwrap": "; namespaces by bubblewrap",
+        "none": "; namespaces turned off",
+    }[backend]
+    if result.outcome != "passed":
+        return SandboxReport(
+            mode, result.layers, (), (f"the probe program did not pass: {result.reason}",)
+        )
+    optional = ("user-namespace", "bwrap", "other-user", "harness-undumpable", "no-capabilities")
+    expected = [layer for layer in LAYERS if layer not in optional]
+    if identity is not None:
+        expected.append("other-user")
+    else:
+        expected.append("harness-undumpable")
+        if os.geteuid() == 0:
+            expected.append("no-capabilities")
+    missing = tuple(layer for layer in expected if layer not in result.layers)
+    return SandboxReport(mode, result.layers, missing, result.notes)
+
+
 def humaneval_program(task: Mapping, completion: str) -> str:
     """The program human-eval runs: prompt + completion, the tests, then check(entry_point)."""
+    task = validate_code_tasks([task])[0]
+    if not isinstance(completion, str):
+        raise LabkitError(f"completion must be a string of code, got {type(completion).__name__}")
     return (
         task["prompt"]
         + completion
@@ -579,6 +1269,10 @@ def evaluate_completions(
     import pandas as pd
 
     by_id = {t["task_id"]: t for t in validate_code_tasks(tasks)}
+    workers = integer(workers, "workers", low=1)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (
+            math.isfinite(timeout) and timeout > 0):
+        raise LabkitError(f"timeout must be a positive number of seconds, got {timeout!r}")
     if not isinstance(completions, Mapping):
         raise LabkitError("completions must be a dict {task_id: [completion, ...]}")
     unknown = sorted(set(completions) - set(by_id))
@@ -588,12 +1282,14 @@ def evaluate_completions(
         )
     jobs = []
     for task_id, samples in completions.items():
-        if isinstance(samples, str):
-            samples = [samples]
+        if isinstance(samples, str) or not isinstance(samples, Sequence):
+            raise LabkitError(f"completions[{task_id!r}] must be a list of completions (n samples "
+                              f"for pass@k), got {type(samples).__name__}")
         for index, completion in enumerate(samples):
             if not isinstance(completion, str):
                 raise LabkitError(
-                    f"completion {index} of {task_id!r} is a {type(completion).__name__}, not str"
+                    f"completions[{task_id!r}][{index}] is a {type(completion).__name__}, not "
+                    "a string of code"
                 )
             jobs.append((task_id, index, humaneval_program(by_id[task_id], completion)))
     if not jobs:

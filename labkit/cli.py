@@ -31,7 +31,7 @@ def _positive_seconds(text: str) -> int:
 
 def _run_labs(args) -> int:
     from .profiles import profile
-    from .runner import RunInterrupted, format_results, run_labs
+    from .runner import RunInterrupted, format_results, results_record, run_labs, update_readme
 
     # every comma-separated part counts: --only '' or --only 01, names an empty lab (refused)
     only = None if args.only is None else [k for item in args.only for k in item.split(",")]
@@ -47,8 +47,16 @@ def _run_labs(args) -> int:
               flush=True)
         return stop.exit_code
     print(format_results(results, profile(args.profile).name))
+    record = results_record(results, profile(args.profile).name)
     if args.json:
-        Path(args.json).write_text(json.dumps([r.as_dict() for r in results], indent=2))
+        Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
+    if args.readme:
+        if not all(r.status == "ok" for r in results) or args.only:
+            print("labkit run-labs: --readme needs every lab run and ok; README not changed",
+                  file=sys.stderr)
+            return 1
+        update_readme(Path(args.readme), record)
+        print(f"wrote the lab table of {args.readme}")
     return 0 if all(r.status == "ok" for r in results) else 1
 
 
@@ -109,7 +117,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds one cell may take (a whole number >= 1)")
     p.add_argument("--labs-dir", help="run the notebooks of this folder (default: the repository's labs/)")
     p.add_argument("--output-dir", help="write the executed notebooks here")
-    p.add_argument("--json", help="also write the results as JSON to this file")
+    p.add_argument("--json", help="also write the results (and the machine) as JSON to this file")
+    p.add_argument("--readme", nargs="?", const="README.md", default=None,
+                   help="rewrite the lab table of this README (default README.md) from the run; "
+                        "needs every lab")
     p.add_argument("--pin", action="store_true",
                    help="write the text outputs of # NBVAL_CHECK_OUTPUT cells back into the lab "
                         "(the reference nbval compares against); all other outputs stay stripped")

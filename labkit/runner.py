@@ -279,11 +279,83 @@ def run_labs(only=None, profile: str | None = None, cell_timeout: int = 600,
     return results
 
 
-def format_results(results: list[LabResult], profile_name: str) -> str:
-    from .env import device_label
+def machine_label() -> str:
+    """The machine a measurement belongs to: CPU model, torch's CPU kernels, cores (or the GPU).
 
+    The same lab costs 1.3-1.8x more CPU on an AVX2-only CPU than on one with AVX-512, so a
+    runtime without its machine says little."""
+    import platform
+
+    import torch
+
+    from .env import detect
+
+    caps = detect()
+    if caps.device == "cuda":
+        return f"{caps.gpu_name}, {caps.cpu_cores} CPU cores"
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{model}, torch CPU kernels {torch.backends.cpu.get_cpu_capability()}, "
+            f"{caps.cpu_cores} cores")
+
+
+def results_record(results: list[LabResult], profile_name: str) -> dict:
+    """What `run-labs --json` writes: the machine, the profile and one row per lab."""
+    return {"machine": machine_label(), "profile": profile_name,
+            "measured": time.strftime("%Y-%m-%d"), "labs": [r.as_dict() for r in results]}
+
+
+README_BEGIN = "<!-- run-labs table: begin -->"
+README_END = "<!-- run-labs table: end -->"
+
+
+def readme_table(record: dict, titles: dict[str, tuple[str, str]]) -> str:
+    """The README's lab table from a run-labs record: {stem: (concept, what you will see)}."""
+    rows = ["| lab | concept | file | what you will see | CPU s | wall s | peak memory |",
+            "|---|---|---|---|---|---|---|"]
+    for r in record["labs"]:
+        concept, sees = titles.get(r["lab"], ("", ""))
+        rows.append(f"| {r['lab'][:2]} | {concept} | [labs/{r['lab']}.ipynb](labs/{r['lab']}.ipynb) "
+                    f"| {sees} | {r['cpu_s']:.0f} | {r['wall_s']:.0f} | {r['peak_mib'] / 1024:.1f} GiB |")
+    total_cpu = sum(r["cpu_s"] for r in record["labs"])
+    rows.append("")
+    rows.append(f"Measured by `labkit run-labs --json benchmarks/lab_runtimes.json` on "
+                f"{record['measured']}, profile {record['profile']}, on {record['machine']}: "
+                f"{total_cpu / 60:.1f} CPU minutes for all {len(record['labs'])} labs. CPU s is "
+                "the user + system time of the kernel and every process it starts (torchrun "
+                "workers included), the fair figure on a shared machine; wall s is what you "
+                "wait on a quiet one. Regenerate this table with `labkit run-labs --readme`.")
+    return "\n".join(rows)
+
+
+def update_readme(readme: Path, record: dict) -> None:
+    """Replace the table between the README's markers with one built from `record`, keeping
+    each lab's concept and description from the rows already there."""
+    text = readme.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        raise LabkitError(f"{readme} has no run-labs table markers ({README_BEGIN} ... {README_END})")
+    head, rest = text.split(README_BEGIN, 1)
+    old, tail = rest.split(README_END, 1)
+    titles = {}
+    for line in old.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 4 and cells[0].isdigit():
+            stem = re.search(r"labs/([\w-]+)\.ipynb", cells[2])
+            if stem:
+                titles[stem.group(1)] = (cells[1], cells[3])
+    table = readme_table(record, titles)
+    readme.write_text(f"{head}{README_BEGIN}\n{table}\n{README_END}{tail}")
+
+
+def format_results(results: list[LabResult], profile_name: str) -> str:
     head = f"{'lab':<28} {'status':<8} {'wall s':>7} {'CPU s':>7} {'peak MiB':>9}  detail"
-    lines = [f"labkit run-labs (profile {profile_name}, {device_label()})", head, "-" * len(head)]
+    lines = [f"labkit run-labs (profile {profile_name}, {machine_label()})", head, "-" * len(head)]
     for r in results:
         lines.append(f"{r.lab:<28} {r.status:<8} {r.wall_s:>7.1f} {r.cpu_s:>7.1f} {r.peak_mib:>9.0f}  {r.detail}")
     return "\n".join(lines)

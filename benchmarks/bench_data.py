@@ -25,6 +25,7 @@ from datasketch import MinHash
 from labkit.data import (
     Accounting,
     c4_filter,
+    detect_language,
     exact_dedup,
     extract,
     fineweb_filter,
@@ -158,6 +159,7 @@ def main() -> None:
                  fineweb_filter, exact_dedup, minhash_dedup, pii_scrub]
 
         def pipeline():
+            detect_language.cache_clear()  # it remembers pages: time the work, not the memory
             accounting = Accounting()
             return run_pipeline(steps, read_warc(path, accounting), accounting)
 

@@ -39,24 +39,17 @@ from datatrove.utils.text import simplify_text
 import labkit
 from labkit.data import (
     Accounting,
-    c4_filter,
     candidate_probability,
     exact_dedup,
-    extract,
     extract_main_text,
-    fineweb_filter,
     fit_quality_scorer,
-    gopher_quality,
-    gopher_repetition,
-    language_filter,
-    minhash_dedup,
     ngram_set,
-    pii_scrub,
     quality_score_filter,
     read_warc,
     run_pipeline,
     step_name,
 )
+from labkit.data.checkpoint import cleaning_steps
 from labkit.data.quality import FINEWEB_STOP_CHARS
 from labkit.data.scale import (
     LabkitWordTokenizer,
@@ -85,16 +78,9 @@ def runs_of(text: str) -> list[str]:
 
 
 def lab_steps(scorer, extractor=None) -> list:
-    return [
-        functools.partial(extract, extractor=extractor) if extractor else extract,
-        functools.partial(language_filter, languages=CFG.languages,
-                          min_probability=CFG.min_language_score),
-        gopher_repetition, gopher_quality, c4_filter, fineweb_filter, exact_dedup,
-        functools.partial(minhash_dedup, num_perm=CFG.num_perm, bands=CFG.bands, rows=CFG.rows,
-                          seed=CFG.minhash_seed, n=CFG.ngram),
-        functools.partial(quality_score_filter, model=scorer, threshold=CFG.edu_threshold),
-        pii_scrub,
-    ]
+    """Lab 01's steps (section 9), with the lab's settings."""
+    return cleaning_steps(CFG, extractor=extractor, score_step=functools.partial(
+        quality_score_filter, model=scorer, threshold=CFG.edu_threshold))
 
 
 def in_process(pages, main_text, scorer):

@@ -106,3 +106,29 @@ def test_language_filter_keeps_confident_english_only():
     assert reasons["short"] in ("low_language_score", f"other_language:{detect_language('ok')[0]}")
     # the threshold is a knob: above 1 nothing can pass
     assert len(list(language_filter(docs[:1], Accounting(), min_probability=1.01))) == 0
+
+
+def test_detect_language_remembers_a_page_and_answers_as_py3langid(monkeypatch):
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    from labkit.data import langid
+
+    text = " ".join(reversed(ARTICLE)) + "\nA second line."
+    fresh = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True).classify(
+        text.replace("\n", " "))
+    first = detect_language(text)
+    assert first == (fresh[0], pytest.approx(float(fresh[1])))
+    calls = []
+
+    class Counting:
+        def classify(self, t):
+            calls.append(t)
+            return "xx", 1.0
+
+    monkeypatch.setattr(langid, "_identifier", Counting)
+    assert detect_language(text) == first and not calls  # asked again: remembered
+    assert detect_language(text + " More.") == ("xx", 1.0) and len(calls) == 1  # a new text
+    assert langid._classified.cache_info().maxsize == 2048  # bounded: a crawl streams through
+    monkeypatch.undo()
+    detect_language.cache_clear()  # forgets: the real identifier answers again
+    assert detect_language(text + " More.")[0] == "en"

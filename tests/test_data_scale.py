@@ -20,25 +20,20 @@ import labkit
 from labkit.data import (
     Accounting,
     Document,
-    c4_filter,
     exact_dedup,
     extract,
     extract_main_text,
-    fineweb_filter,
     fit_quality_scorer,
-    gopher_quality,
     gopher_quality_reason,
-    gopher_repetition,
     jaccard,
     keep_if,
-    language_filter,
     minhash_dedup,
-    pii_scrub,
     quality_score_filter,
     read_warc,
     run_pipeline,
     write_warc,
 )
+from labkit.data.checkpoint import cleaning_steps
 from labkit.data.quality import FINEWEB_STOP_CHARS, GOPHER_STOP_WORDS, words_of
 from labkit.data.scale import (
     LabkitStep,
@@ -63,16 +58,8 @@ TOKENIZER = labkit.sample_path("tokenizer/tokenizer.json")
 
 def lab_steps(scorer, extractor=None) -> list:
     """Lab 01's steps (section 9), with the lab's settings."""
-    return [
-        functools.partial(extract, extractor=extractor) if extractor else extract,
-        functools.partial(language_filter, languages=CFG.languages,
-                          min_probability=CFG.min_language_score),
-        gopher_repetition, gopher_quality, c4_filter, fineweb_filter, exact_dedup,
-        functools.partial(minhash_dedup, num_perm=CFG.num_perm, bands=CFG.bands, rows=CFG.rows,
-                          seed=CFG.minhash_seed, n=CFG.ngram),
-        functools.partial(quality_score_filter, model=scorer, threshold=CFG.edu_threshold),
-        pii_scrub,
-    ]
+    return cleaning_steps(CFG, extractor=extractor, score_step=functools.partial(
+        quality_score_filter, model=scorer, threshold=CFG.edu_threshold))
 
 
 def read_jsonl(folder: Path) -> list[dict]:
@@ -301,6 +288,40 @@ def test_datatrove_warc_reader_reads_what_labkit_reads_except_declared_charsets(
     # the stock reader tries UTF-8, then cchardet's guess (UTF-8 again here) and gives up
     # without a word; labkit decodes by the charset the page declares
     assert skipped and all(not d.metadata["encoding"].startswith("utf-8") for d in skipped)
+
+
+# ------------------------------------------------------------------- quiet workers
+QUIET_RUN = """
+import multiprocess, sys
+from pathlib import Path
+from labkit.data import gopher_quality
+from labkit.data.scale import crawl_executors, run_executors, split_warc
+
+work = Path(sys.argv[1])
+context = multiprocess.get_context("forkserver")
+with context.Pool(1) as pool:  # the fork server starts now, writing to this stderr
+    pool.map(abs, [1])
+split_warc(sys.argv[2], work / "crawl", 2)
+run_executors(crawl_executors(work / "crawl", work / "run", [gopher_quality], tasks=2,
+                              workers=2), progress=None)
+"""
+
+
+@pytest.mark.slow
+def test_workers_of_a_fork_server_started_earlier_log_to_the_file(tmp_path):
+    """Lab 01 starts the fork server for datasets.map, before datatrove runs: the workers it
+    forks must still keep datatrove's console logs out of the notebook."""
+    import subprocess
+    import sys
+
+    eighth = split_warc(WARC, tmp_path / "eighths", 8)[0]
+    run = subprocess.run([sys.executable, "-c", QUIET_RUN, str(tmp_path), str(eighth)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "Launching pipeline" not in run.stderr + run.stdout
+    assert "tasks completed" not in run.stderr + run.stdout
+    log = (tmp_path / "run" / "logs" / "console.log").read_text()
+    assert "Launching pipeline for rank=" in log
 
 
 # ------------------------------------------------------------- the cluster config, priced

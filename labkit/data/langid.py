@@ -25,8 +25,19 @@ def _identifier() -> LanguageIdentifier:
 @checks(text=text)
 def detect_language(text: str) -> tuple[str, float]:
     """(ISO 639-1 code, probability) of the most likely language."""
+    return _classified(text)
+
+
+# A page's answer never changes, and lab 01 asks about the same pages several times (the
+# histogram, the filter, the whole-pipeline rerun): remember the last few thousand. Bounded, so
+# a worker streaming a real crawl holds at most 2,048 page texts (tens of MB).
+@functools.lru_cache(maxsize=2048)
+def _classified(text: str) -> tuple[str, float]:
     lang, prob = _identifier().classify(text.replace("\n", " "))
     return lang, float(prob)
+
+
+detect_language.cache_clear = _classified.cache_clear  # to time the work itself, forget first
 
 
 def _languages(value, name: str) -> tuple[str, ...]:

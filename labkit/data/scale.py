@@ -331,13 +331,28 @@ class LabkitMinhashSignature(MinhashDedupSignature):
 
 
 # ----------------------------------------------------------------------- lab 01 -> executors
+class LocalExecutor(LocalPipelineExecutor):
+    """datatrove's LocalPipelineExecutor whose tasks write their console logs to `console_log`
+    when it is set (`run_executors(quiet=True)` sets it). A worker forked from a fork server
+    writes to that server's stderr, not to this process's: a server started before the run (by
+    `datasets.map` in lab 01, say) would print every worker's logs into the notebook."""
+
+    console_log: str | None = None
+
+    def _launch_run_for_rank(self, rank: int, *args, **kwargs):  # a task, in its worker
+        if self.console_log is None:
+            return super()._launch_run_for_rank(rank, *args, **kwargs)
+        with _logs_to(Path(self.console_log)):
+            return super()._launch_run_for_rank(rank, *args, **kwargs)
+
+
 @checks(steps=_steps, tasks=positive_int)
 def crawl_executors(
     warcs: str | Path | PipelineStep,
     work_dir: str | Path,
     steps: list[Callable],
     tasks: int,
-    executor=LocalPipelineExecutor,
+    executor=LocalExecutor,
     tokenizer_file: str | None = None,
     keep_exclusions: bool = True,
     per_stage: dict[str, dict] | None = None,
@@ -455,6 +470,8 @@ def run_executors(executors: list, quiet: bool = True, progress=print) -> list[d
         name = Path(ex.logging_dir.path).name
         log = Path(ex.logging_dir.path).parent / "console.log"
         start = time.perf_counter()
+        if isinstance(ex, LocalExecutor):
+            ex.console_log = str(log) if quiet else None
         with _logs_to(log) if quiet else contextlib.nullcontext():
             stats = ex.run()
         if stats is None:  # every task already done in an earlier run: read what it saved

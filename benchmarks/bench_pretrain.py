@@ -4,9 +4,14 @@
     python benchmarks/bench_pretrain.py --device cuda   # GPU, a GPT-2-small-sized Llama, bf16
 
 Both loops run the same number of optimizer steps from the same initial weights on batches from
-the same seeded sampler; each is warmed up first, the rounds alternate their order, and the
-table gives the median and the best round. MFU = tokens/s * FLOPs per token (6N + 12*L*d*T) /
-peak, with the peak measured as the best matmul FLOP/s of this device (or --peak-tflops).
+the same seeded sampler; each is warmed up first, and the rounds interleave the two loops
+(ABBA...: alternate orders) so that a change of machine load hits both alike. On CPU the run
+uses one thread by default and times each run in CPU seconds of this process
+(time.process_time): on a shared machine wall time with two contending threads is mostly noise,
+while the CPU seconds a loop spends are what it costs. On CUDA it times wall seconds after a
+synchronize. The table gives the median and the best round, and their ratios to the nanoGPT
+loop. MFU = tokens/s * FLOPs per token (6N + 12*L*d*T) / peak, with the peak measured as the
+best matmul FLOP/s of this device (or --peak-tflops); on CPU tokens/s is per CPU second.
 """
 
 from __future__ import annotations
@@ -73,15 +78,31 @@ def labkit_loop(model, get_batch, config: TrainConfig) -> float:
 
 
 def timed(loop, p, device, stream, config, warmup_config) -> float:
+    """Tokens per second of `loop`: per CPU second of this process on CPU (what the loop costs,
+    whatever else runs on the machine), per wall second on a GPU."""
+    clock = time.perf_counter if device.startswith("cuda") else time.process_time
     model = build_causal_lm(p["vocab"], p["shape"], seed=0).to(device)
     batches = RandomBlocks(stream, p["seq"], p["batch"], seed=1, device=device)
     loop(model, batches, warmup_config)
     sync(device)
-    start = time.perf_counter()
+    start = clock()
     loop(model, batches, config)
     sync(device)
-    seconds = time.perf_counter() - start
+    seconds = clock() - start
     return config.steps * config.grad_accum * p["batch"] * p["seq"] / seconds
+
+
+def cpu_peak_flops(n: int, repeats: int = 5) -> float:
+    """Best fp32 matmul FLOPs per CPU second of this process: the same clock as the CPU
+    tokens/s, so that MFU compares like with like (measure_peak_flops uses wall time)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.process_time()
+        a @ b
+        best = min(best, time.process_time() - start)
+    return 2.0 * n**3 / best
 
 
 def sync(device):
@@ -92,12 +113,14 @@ def sync(device):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads on CPU (default 1: CPU seconds then measure "
+                             "the work, not the waiting of contending threads)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=None, help="timed optimizer steps per run")
     parser.add_argument("--peak-tflops", type=float, default=None, help="vendor peak, TFLOP/s")
     args = parser.parse_args()
-    if args.threads:
+    if args.device == "cpu":
         torch.set_num_threads(args.threads)
     p = PRESETS["cuda" if args.device.startswith("cuda") else "cpu"]
     steps = args.steps or p["steps"]
@@ -109,15 +132,21 @@ def main():
 
     dtype = p["dtype"] or torch.float32
     n = 2048 if args.device == "cpu" else 8192
-    peak = (
-        args.peak_tflops * 1e12 if args.peak_tflops else measure_peak_flops(args.device, dtype, n)
-    )
+    if args.peak_tflops:
+        peak = args.peak_tflops * 1e12
+    elif args.device == "cpu":
+        peak = cpu_peak_flops(n)
+    else:
+        peak = measure_peak_flops(args.device, dtype, n)
     probe = build_causal_lm(p["vocab"], p["shape"])
     fpt = flops_per_token(probe, p["seq"])
-    source = "given" if args.peak_tflops else "measured matmul"
+    source = "given" if args.peak_tflops else (
+        "best matmul per CPU second" if args.device == "cpu" else "measured matmul")
+    clock = "wall seconds" if args.device.startswith("cuda") else "CPU seconds (process_time)"
     print(
         f"device={args.device} threads={torch.get_num_threads()} torch={torch.__version__} "
-        f"dtype={dtype} params={count_parameters(probe) / 1e6:.2f}M shape={p['shape']}"
+        f"dtype={dtype} params={count_parameters(probe) / 1e6:.2f}M shape={p['shape']}; "
+        f"timed in {clock}, rounds interleaved"
     )
     print(
         f"batch={p['batch']}x{p['seq']} tokens, grad_accum={p['accum']}, {steps} timed steps, "

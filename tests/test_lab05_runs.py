@@ -179,3 +179,15 @@ def test_runs_figure(setup):
     assert fig.layout.yaxis.type == "log" and "step" in fig.layout.xaxis.title.text
     assert "nats" in fig.layout.yaxis2.title.text and "mean of 2 steps" in str(fig.layout)
     assert list(fig.data[1].y) == [8.0, 8.0, 6.0]  # a rolling mean skips the NaN
+
+
+def test_range_tests_give_each_seed_its_own_model_and_batches(setup):
+    from labkit.schedules.runs import range_tests
+
+    result = range_tests(setup, seeds=[7, 8], min_lr=1e-4, max_lr=1.0, num_steps=12)
+    first, second = result.runs[7], result.runs[8]
+    assert first.losses != second.losses  # other initial weights and batches
+    # seed 7 is the setup's own seed: its test is the single range test of that setup
+    single = lr_range_test(range_test_step(setup), min_lr=1e-4, max_lr=1.0, num_steps=12)
+    assert first.losses == single.losses
+    assert result.pick is not None and 1e-4 <= result.pick <= 1.0

@@ -87,3 +87,40 @@ def test_figures_have_titles():
     compute = [1e12, 1e13, 1e14]
     fig = power_law_figure(compute, [4.0, 3.5, 3.1], fit_power_law(compute, [4.0, 3.5, 3.1]))
     assert "FLOPs" in fig.layout.xaxis.title.text and fig.data[1].name.startswith("L = ")
+
+
+def test_tokens_per_param_table_and_figure():
+    from labkit.pretrain.scaling import (
+        KNOWN_MODELS,
+        OPTIMAL_TOKENS_PER_PARAM,
+        tokens_per_param_figure,
+        tokens_per_param_table,
+    )
+
+    table = tokens_per_param_table(list(KNOWN_MODELS) + [("tiny", 3e6, 6e6)])
+    row = table.set_index("model")
+    assert row.loc["GPT-3 175B", "tokens_per_param"] == pytest.approx(300 / 175)
+    assert row.loc["Chinchilla 70B", "tokens_per_param"] == pytest.approx(20.0)
+    assert row.loc["Chinchilla 70B", "vs_optimal"] == pytest.approx(1.0)
+    assert row.loc["tiny", "tokens_per_param"] == 2.0 and row.loc["tiny", "source"] == ""
+    # Chinchilla's verdict on its predecessors: all below 20 tokens per parameter
+    for name in ("GPT-3 175B", "Gopher 280B", "MT-NLG 530B"):
+        assert row.loc[name, "tokens_per_param"] < OPTIMAL_TOKENS_PER_PARAM
+    assert row.loc["Llama 2 7B", "tokens_per_param"] > OPTIMAL_TOKENS_PER_PARAM
+    fig = tokens_per_param_figure(table, groups={"papers": [m[0] for m in KNOWN_MODELS],
+                                                 "ours": ["tiny"]})
+    assert [t.name for t in fig.data] == [f"compute-optimal: D = {OPTIMAL_TOKENS_PER_PARAM:g} N",
+                                          "papers", "ours"]
+    line = fig.data[0]
+    assert np.allclose(np.asarray(line.y) / np.asarray(line.x), OPTIMAL_TOKENS_PER_PARAM)
+    assert fig.layout.xaxis.type == fig.layout.yaxis.type == "log"
+    for axis, column in ((fig.layout.xaxis, "parameters"), (fig.layout.yaxis, "tokens")):
+        lo, hi = axis.range  # every point inside, and a sensible span
+        assert lo < np.log10(table[column].min()) and np.log10(table[column].max()) < hi
+        assert hi - lo < 12
+    with pytest.raises(LabkitError, match="models\\[0\\]"):
+        tokens_per_param_table([("x", 1e6)])
+    with pytest.raises(LabkitError, match="tokens"):
+        tokens_per_param_table([("x", 1e6, -5)])
+    with pytest.raises(LabkitError, match="empty"):
+        tokens_per_param_table([])

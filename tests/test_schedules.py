@@ -376,3 +376,87 @@ def test_suggestion_rules():
 def test_range_test_bad_input(kwargs):
     with pytest.raises(LabkitError):
         lr_range_test(lambda lr: 1.0, **kwargs)
+
+
+# -- several seeds, and the figures' log axes ------------------------------------------------------
+
+
+def _noisy_quadratic(seed: int):
+    """A quadratic trainer whose loss carries seeded noise, like a minibatch loss."""
+    trainer = _quadratic_trainer(4.0, seed=seed)
+    gen = torch.Generator().manual_seed(1000 + seed)
+
+    def train_step(lr: float) -> float:
+        return trainer(lr) * (1 + 0.05 * float(torch.randn((), generator=gen)))
+
+    return train_step
+
+
+def test_range_tests_of_several_seeds():
+    from labkit.schedules import lr_range_tests, spread_factor
+
+    result = lr_range_tests(_noisy_quadratic, [0, 1, 2], min_lr=1e-4, max_lr=10.0, num_steps=60)
+    assert list(result.runs) == [0, 1, 2]
+    assert len({tuple(r.losses) for r in result.runs.values()}) == 3  # each seed its own run
+    assert result.lrs == result.runs[0].lrs[:len(result.lrs)]
+    common = len(result.lrs)
+    assert common == min(len(r.smoothed) for r in result.runs.values())
+    for i in (0, common // 2, common - 1):  # the mean of the smoothed curves, step by step
+        assert result.mean_smoothed[i] == pytest.approx(
+            sum(r.smoothed[i] for r in result.runs.values()) / 3)
+    assert result.pick == suggest_lr(result.lrs, result.mean_smoothed, "steepest")
+    assert result.pick < 2 / 4.0  # below the stability limit of the quadratic
+    assert result.mean_min_loss_lr == result.lrs[min(range(common),
+                                                     key=result.mean_smoothed.__getitem__)]
+    table = result.table()
+    assert list(table.index) == ["0", "1", "2", "mean of the seeds"]
+    assert table.loc["mean of the seeds", "steepest descent LR"] == result.pick
+    assert spread_factor(result.steepest_lrs.values()) >= 1.0
+    # the same seeds give the same tests
+    again = lr_range_tests(_noisy_quadratic, [0, 1, 2], min_lr=1e-4, max_lr=10.0, num_steps=60)
+    assert again.mean_smoothed == result.mean_smoothed
+
+
+@pytest.mark.parametrize("seeds", [[], [1, 1], "12", [1.5], None, [True]])
+def test_range_tests_refuse_bad_seeds(seeds):
+    from labkit.schedules import lr_range_tests
+
+    with pytest.raises(LabkitError, match="seed"):
+        lr_range_tests(_noisy_quadratic, seeds, num_steps=5)
+
+
+def test_spread_factor():
+    from labkit.schedules import spread_factor
+
+    assert spread_factor([0.01, 0.02, 0.04]) == pytest.approx(4.0)
+    assert spread_factor([0.01, None, math.nan, 0.03]) == pytest.approx(3.0)
+    assert math.isnan(spread_factor([0.01])) and math.isnan(spread_factor([]))
+
+
+def _x_span_decades(fig) -> float:
+    lo, hi = fig.layout.xaxis.range
+    return hi - lo
+
+
+def test_range_test_figures_keep_the_log_axis_on_the_lrs_tested():
+    # The bug this guards against: a vline at log10(lr) on a log axis is a shape at a negative
+    # LR, and plotly's autorange then spans 1e-54 to 1e9.
+    from labkit.schedules import lr_range_tests, range_tests_figure
+
+    single = lr_range_test(_quadratic_trainer(4.0), min_lr=1e-4, max_lr=10.0, num_steps=80)
+    several = lr_range_tests(_noisy_quadratic, [0, 1], min_lr=1e-4, max_lr=10.0, num_steps=40)
+    for fig, lrs in ((range_test_figure(single), single.lrs),
+                     (range_tests_figure(several), several.runs[0].lrs)):
+        assert fig.layout.xaxis.type == "log"
+        lo, hi = fig.layout.xaxis.range  # log10 units on a log axis
+        assert lo <= math.log10(min(lrs)) and math.log10(max(lrs)) <= hi
+        assert _x_span_decades(fig) < math.log10(max(lrs) / min(lrs)) + 1
+        xs = [x for trace in fig.data for x in (trace.x or ())]
+        assert all(x > 0 for x in xs)  # every mark is at an LR, not at its logarithm
+        assert not fig.layout.shapes and not fig.layout.annotations  # nothing to overprint
+        assert all(trace.name and not trace.name.startswith("trace") for trace in fig.data)
+        assert fig.layout.title.text and "learning rate" in fig.layout.xaxis.title.text
+    names = [t.name for t in range_tests_figure(several).data]
+    assert "mean of the seeds" in names and any(n.startswith("pick") for n in names)
+    with pytest.raises(LabkitError, match="RangeTests"):
+        range_tests_figure(single)

@@ -95,21 +95,24 @@ class ChinchillaCalculator:
         self.readout = W.HTML()
         self.message = W.HTML()
 
-        self.figure = go.FigureWidget(isoflop_figure(budgets, law))
-        for trace in self.figure.data:  # the reference curves stay in the background
+        figure = isoflop_figure(budgets, law)
+        for trace in figure.data:  # the reference curves stay in the background
             if trace.mode == "lines":
                 trace.line = {"width": 1.5, "dash": "dot"}
                 trace.opacity = 0.6
-        self.figure.add_scatter(x=[], y=[], mode="lines", name="isoFLOP curve of your C",
-                                line={"color": "#c53030", "width": 3})
-        self.figure.add_scatter(x=[], y=[], mode="markers", name="compute-optimal for your C",
-                                marker={"size": 16, "symbol": "star", "color": "#c53030",
-                                        "line": {"width": 1, "color": "black"}})
-        self.figure.add_scatter(x=[], y=[], mode="markers", name="your (N, D)",
-                                marker={"size": 13, "color": "#2b6cb0",
-                                        "line": {"width": 1, "color": "black"}})
-        self.figure.update_layout(height=460, template="plotly_white",
-                                  legend={"title": {"text": "curve"}})
+        # The live traces are part of the figure the widget is built from: traces added to a
+        # FigureWidget after it exists reached the browser without their names ("trace 6").
+        figure.add_scatter(x=[], y=[], mode="lines", name="isoFLOP curve of your C",
+                           line={"color": "#c53030", "width": 3})
+        figure.add_scatter(x=[], y=[], mode="markers", name="compute-optimal for your C",
+                           marker={"size": 16, "symbol": "star", "color": "#c53030",
+                                   "line": {"width": 1, "color": "black"}})
+        figure.add_scatter(x=[], y=[], mode="markers", name="your (N, D)",
+                           marker={"size": 13, "color": "#2b6cb0",
+                                   "line": {"width": 1, "color": "black"}})
+        figure.update_layout(height=460, template="plotly_white",
+                             legend={"title": {"text": "curve"}})
+        self.figure = go.FigureWidget(figure)
         self.curve, self.optimum, self.point = self.figure.data[-3:]
 
         self.n_params.observe(self._on_n, names="value")

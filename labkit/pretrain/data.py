@@ -14,9 +14,40 @@ import numpy as np
 import torch
 
 from ..errors import LabkitError
-from .objectives import causal_lm_labels, mlm_mask
+from ..validate import (
+    checks,
+    device,
+    function,
+    integer,
+    ints,
+    nonnegative_int,
+    positive_int,
+    token_ids,
+)
+from .objectives import causal_lm_labels, check_mlm, mlm_mask
 
 
+def _documents(value, name: str) -> list:
+    if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
+        raise LabkitError(f"{name} must be a list of token-id lists, got {type(value).__name__}")
+    value = list(value)
+    for i, doc in enumerate(value):
+        token_ids(list(doc) if hasattr(doc, "__iter__") and not isinstance(doc, str) else doc,
+                  f"{name}[{i}]", ndim=1)
+    return value
+
+
+def _int_dtype(value, name: str):
+    try:
+        dtype = np.dtype(value)
+    except TypeError:
+        raise LabkitError(f"{name} must be a numpy integer dtype, got {value!r}") from None
+    if not np.issubdtype(dtype, np.integer):
+        raise LabkitError(f"{name}={value!r} cannot hold token ids; valid: an integer dtype")
+    return dtype
+
+
+@checks(documents=_documents, eos_id=nonnegative_int, dtype=lambda v, n: None if v is None else _int_dtype(v, n))
 def pack_documents(
     documents: Iterable[Iterable[int]], eos_id: int, dtype: np.dtype | str | None = None
 ) -> np.ndarray:
@@ -32,9 +63,17 @@ def pack_documents(
         raise LabkitError(f"token ids must be >= 0, got {int(stream.min())}")
     if dtype is None:
         dtype = np.uint16 if stream.size == 0 or stream.max() < 2**16 else np.int32
+    elif stream.size and stream.max() > np.iinfo(dtype).max:
+        raise LabkitError(f"dtype={np.dtype(dtype).name} cannot hold token id {int(stream.max())}; "
+                          "leave dtype=None to choose one")
     return stream.astype(dtype)
 
 
+def _stream(value, name: str):
+    return token_ids(value, name, ndim=1)
+
+
+@checks(stream=_stream, seq_len=positive_int)
 def pack_blocks(stream: np.ndarray | torch.Tensor, seq_len: int) -> torch.Tensor:
     """Cut a token stream into consecutive (n_blocks, seq_len) int64 blocks; the tail is dropped.
 
@@ -53,6 +92,7 @@ class RandomBlocks:
     Calling it returns {"input_ids", "labels"} (labels = input ids; the model shifts them).
     """
 
+    @checks(stream=_stream, seq_len=positive_int, batch_size=positive_int, seed=ints(), device=device)
     def __init__(
         self,
         stream: np.ndarray | torch.Tensor,
@@ -109,6 +149,10 @@ class MaskedBlocks:
         p: float = 0.15,
         seed: int = 0,
     ):
+        if not isinstance(blocks, RandomBlocks):
+            raise LabkitError(f"blocks must be a RandomBlocks sampler, got {type(blocks).__name__}")
+        check_mlm(vocab_size, mask_token_id, special_ids, p)
+        integer(seed, "seed")
         self.blocks, self.vocab_size, self.mask_token_id = blocks, vocab_size, mask_token_id
         self.special_ids, self.p = tuple(special_ids), p
         self.generator = torch.Generator().manual_seed(seed)
@@ -129,6 +173,7 @@ class MaskedBlocks:
         self.blocks.load_state_dict(state["blocks"])
 
 
+@checks(get_batch=function, n=positive_int)
 def fixed_batches(get_batch, n: int) -> list[dict[str, torch.Tensor]]:
     """Draw `n` batches once (e.g. for evaluation, so every eval sees the same tokens)."""
     return [get_batch() for _ in range(n)]

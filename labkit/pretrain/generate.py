@@ -13,9 +13,19 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import validate
 from ..errors import LabkitError
+from ..validate import checks, ints, maybe, positive, positive_int, text
 
 
+def _tokenizer(value, name: str):
+    if not callable(value):  # the labs' tokenizers are transformers tokenizers: tok(text) encodes
+        raise LabkitError(f"{name} must be a transformers tokenizer, got {type(value).__name__}")
+    return validate.tokenizer(value, name)
+
+
+@checks(model=validate.model, tokenizer=_tokenizer, prompt=text, max_new_tokens=positive_int,
+        top_k=maybe(positive_int), temperature=positive, seed=ints())
 def continue_text(
     model,
     tokenizer,
@@ -57,6 +67,7 @@ class FilledBlanks:
     predictions: list[list[tuple[str, float]]]  # per blank, left to right: top-k (token, prob)
 
 
+@checks(model=validate.model, tokenizer=_tokenizer, text=text, top_k=positive_int)
 @torch.no_grad()
 def fill_blanks(model, tokenizer, text: str, top_k: int = 5) -> FilledBlanks:
     """Predict every mask token in `text` at once (what a masked LM is trained to do); special
@@ -75,6 +86,8 @@ def fill_blanks(model, tokenizer, text: str, top_k: int = 5) -> FilledBlanks:
             f"text {text!r} holds no {tokenizer.mask_token}; put one where a word is missing"
         )
     logits = _eval_logits(model, enc)[0, where]
+    if top_k > logits.shape[-1] - len(tokenizer.all_special_ids):
+        raise LabkitError(f"top_k={top_k} exceeds the {logits.shape[-1]} tokens of the vocabulary")
     logits[:, _special_ids(tokenizer, logits.shape[-1], device)] = -torch.inf  # a blank is a word
     probs = logits.softmax(-1)
     top = probs.topk(top_k, dim=-1)
@@ -87,6 +100,7 @@ def fill_blanks(model, tokenizer, text: str, top_k: int = 5) -> FilledBlanks:
     return FilledBlanks(tokenizer.decode(filled, skip_special_tokens=True), predictions)
 
 
+@checks(model=validate.model, tokenizer=_tokenizer, prompt=text, max_new_tokens=positive_int)
 @torch.no_grad()
 def mlm_generate_left_to_right(model, tokenizer, prompt: str, max_new_tokens: int = 20) -> str:
     """Generate with a masked LM the only way it could: append [MASK] (before a final [SEP]),

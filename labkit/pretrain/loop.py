@@ -27,8 +27,26 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .. import validate
 from ..errors import LabkitError
 from ..schedules.curves import nanogpt_schedule
+from ..validate import (
+    among,
+    checks,
+    existing_dir,
+    flag,
+    fraction,
+    function,
+    integer,
+    maybe,
+    nonnegative,
+    nonnegative_int,
+    nums,
+    of_type,
+    path_like,
+    positive,
+    positive_int,
+)
 from .objectives import IGNORE_INDEX
 
 MODEL_FILE, STATE_FILE = "model.safetensors", "state.pt"
@@ -72,16 +90,34 @@ class TrainConfig:
     progress: bool = True  # tqdm bar
     desc: str = "train"  # the bar's label
 
+    def __post_init__(self):
+        for name in ("steps", "grad_accum", "log_every"):
+            positive_int(getattr(self, name), name)
+        for name in ("warmup_steps", "eval_every", "checkpoint_every"):
+            nonnegative_int(getattr(self, name), name)
+        positive(self.lr, "lr"), fraction(self.min_lr_ratio, "min_lr_ratio")
+        nonnegative(self.weight_decay, "weight_decay"), integer(self.seed, "seed")
+        maybe(function)(self.schedule, "schedule"), maybe(positive)(self.grad_clip, "grad_clip")
+        maybe(positive)(self.peak_flops, "peak_flops"), _parse_dtype(self.dtype)
+        among("auto", "causal", "masked")(self.objective, "objective")
+        if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2:
+            raise LabkitError(f"betas must be a pair (beta1, beta2), got {self.betas!r}")
+        for i, beta in enumerate(self.betas):
+            nums(0.0, 1.0, high_open=True)(beta, f"betas[{i}]")
 
+
+@checks(step=nonnegative_int, warmup_steps=nonnegative_int, total_steps=positive_int,
+        min_ratio=fraction)
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
     """nanoGPT's get_lr as a multiplier; the one copy lives in labkit.schedules. A run shorter
-    than its warmup (a one-step check, say) stays on the warmup ramp."""
+    than its warmup (a one-step check, say) stays on the warmup ramp, which never passes 1."""
     if warmup_steps >= total_steps:
-        return (step + 1) / (warmup_steps + 1)
+        return min((step + 1) / (warmup_steps + 1), 1.0)
     return nanogpt_schedule(total_steps=total_steps, warmup_steps=warmup_steps,
                             min_lr_ratio=min_ratio)(step)
 
 
+@checks(model=validate.model, seq_len=positive_int)
 def flops_per_token(model, seq_len: int) -> float:
     """Training FLOPs per token: 6N for the weights (forward 2N, backward 4N) plus 12*L*d*T for
     attention scores (nanoGPT's estimate_mfu, PaLM appendix B). N leaves out embedding tables
@@ -96,6 +132,14 @@ def flops_per_token(model, seq_len: int) -> float:
     return 6.0 * n + 12.0 * cfg.num_hidden_layers * cfg.hidden_size * seq_len
 
 
+def _float_dtype(value, name: str):
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise LabkitError(f"{name} must be a floating-point torch dtype, got {value!r}")
+    return value
+
+
+@checks(device=lambda v, n: str(validate.device(v, n)), dtype=_float_dtype, n=positive_int,
+        repeats=positive_int)
 @lru_cache(maxsize=8)
 def measure_peak_flops(
     device: str = "cpu", dtype: torch.dtype = torch.float32, n: int = 1024, repeats: int = 10
@@ -126,12 +170,16 @@ def is_causal(model, objective: str = "auto") -> bool:
 
 def check_batch(model, batch) -> None:
     """One clear LabkitError for a batch the model cannot train on (run on the first step)."""
+    validate.model(model)
     if not isinstance(batch, Mapping) or "input_ids" not in batch or "labels" not in batch:
         got = sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__
         raise LabkitError(
-            f"get_batch() must return a dict with 'input_ids' and 'labels', got {got}"
+            f"batch: get_batch() must return a dict with 'input_ids' and 'labels', got {got}"
         )
     ids, labels = batch["input_ids"], batch["labels"]
+    for name, t in (("input_ids", ids), ("labels", labels)):
+        if not torch.is_tensor(t):
+            raise LabkitError(f"batch {name} must be a tensor of token ids, got {type(t).__name__}")
     if ids.ndim != 2 or ids.numel() == 0:
         raise LabkitError(
             f"empty or malformed batch: input_ids has shape {tuple(ids.shape)}; "
@@ -139,8 +187,11 @@ def check_batch(model, batch) -> None:
         )
     if labels.shape != ids.shape:
         raise LabkitError(
-            f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(ids.shape)}"
+            f"batch labels shape {tuple(labels.shape)} != input_ids shape {tuple(ids.shape)}"
         )
+    for name, t in (("input_ids", ids), ("labels", labels)):
+        if t.is_floating_point() or t.is_complex():
+            raise LabkitError(f"batch {name} must hold integer token ids, got {t.dtype}")
     context = getattr(model.config, "max_position_embeddings", None)
     if context is not None and ids.shape[1] > context:
         raise LabkitError(
@@ -170,6 +221,20 @@ def _loss_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     )
 
 
+def _batches(value, name: str) -> list:
+    if isinstance(value, (str, bytes, Mapping)) or not hasattr(value, "__iter__"):
+        raise LabkitError(f"{name} must be a list of batches (dicts), got {type(value).__name__}")
+    value = list(value)
+    if not value:
+        raise LabkitError(f"{name} is empty; valid: at least one batch")
+    for i, batch in enumerate(value):
+        if not isinstance(batch, Mapping) or "input_ids" not in batch or "labels" not in batch:
+            raise LabkitError(f"{name}[{i}] must be a dict with 'input_ids' and 'labels'")
+    return value
+
+
+@checks(model=validate.model, batches=_batches, objective=among("auto", "causal", "masked"),
+        dtype=lambda v, n: (_parse_dtype(v), v)[1])
 @torch.no_grad()
 def eval_loss(model, batches: Sequence[Mapping], objective: str = "auto", dtype=None) -> float:
     """Mean loss per labelled token over `batches` (model in eval mode: no dropout)."""
@@ -188,6 +253,9 @@ def eval_loss(model, batches: Sequence[Mapping], objective: str = "auto", dtype=
     return total / max(count, 1.0)
 
 
+@checks(model=validate.model, get_batch=function, config=maybe(of_type(TrainConfig)),
+        eval_fn=maybe(function), on_step=maybe(function), checkpoint_dir=maybe(path_like),
+        resume=flag)
 def train(
     model,
     get_batch: Callable[[], Mapping[str, torch.Tensor]],
@@ -316,6 +384,7 @@ def adamw(model, config: TrainConfig, device: torch.device) -> torch.optim.AdamW
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=device.type == "cuda")
 
 
+@checks(directory=path_like, model=validate.model, config=of_type(TrainConfig))
 def save_checkpoint(directory, model, optimizer, scaler, get_batch, step, history, config) -> Path:
     """Weights as safetensors; optimizer, step, RNG and batch-sampler state as a torch file made
     only of tensors and plain Python values, so `torch.load(weights_only=True)` can read it."""
@@ -343,6 +412,7 @@ def save_checkpoint(directory, model, optimizer, scaler, get_batch, step, histor
     return directory
 
 
+@checks(directory=existing_dir, model=validate.model)
 def load_checkpoint(directory, model, optimizer, scaler, get_batch):
     """Restore what save_checkpoint wrote; returns (step, history)."""
     from safetensors.torch import load_model
@@ -413,14 +483,7 @@ def _parse_dtype(dtype):
 
 
 def _check_config(config: TrainConfig, checkpoint_dir, resume: bool) -> None:
-    for name in ("steps", "grad_accum", "log_every"):
-        if getattr(config, name) < 1:
-            raise LabkitError(f"TrainConfig.{name}={getattr(config, name)} must be >= 1")
-    for name in ("eval_every", "checkpoint_every", "warmup_steps"):
-        if getattr(config, name) < 0:
-            raise LabkitError(f"TrainConfig.{name}={getattr(config, name)} must be >= 0")
-    if config.lr <= 0:
-        raise LabkitError(f"TrainConfig.lr={config.lr} must be > 0")
+    config.__post_init__()  # fields may have been changed since the config was built
     if resume and checkpoint_dir is None:
         raise LabkitError("resume=True needs checkpoint_dir (where the checkpoint was saved)")
     _parse_dtype(config.dtype)

@@ -15,6 +15,17 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import LabkitError
+from ..validate import (
+    checks,
+    integer,
+    maybe,
+    nums,
+    of_type,
+    positive_int,
+    same_shape,
+    tensors,
+    texts,
+)
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -26,6 +37,7 @@ KEPT, MASKED, RANDOM, UNCHANGED = 0, 1, 2, 3
 KIND_NAMES = ("not chosen (no loss)", "[MASK] (80%)", "random token (10%)", "unchanged (10%)")
 
 
+@checks(n=positive_int)
 def causal_mask(n: int) -> torch.Tensor:
     """(n, n) bool: row i (query) may attend to column j (key) iff j <= i."""
     if n < 1:
@@ -33,6 +45,7 @@ def causal_mask(n: int) -> torch.Tensor:
     return torch.ones(n, n, dtype=torch.bool).tril()
 
 
+@checks(input_ids=tensors("int"), pad_token_id=maybe(integer), attention_mask=maybe(tensors()))
 def causal_lm_labels(
     input_ids: torch.Tensor,
     pad_token_id: int | None = None,
@@ -42,6 +55,8 @@ def causal_lm_labels(
 
     Not shifted: the model compares logits[:, i] with labels[:, i + 1] itself.
     """
+    if attention_mask is not None:
+        same_shape(input_ids, attention_mask, "input_ids", "attention_mask")
     labels = input_ids.clone()
     if attention_mask is not None:
         labels[attention_mask == 0] = IGNORE_INDEX
@@ -50,6 +65,22 @@ def causal_lm_labels(
     return labels
 
 
+def _special_ids(value, name: str) -> tuple[int, ...]:
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise LabkitError(f"{name} must be a list of token ids, got {type(value).__name__}")
+    return tuple(integer(i, f"{name}[{k}]", low=0) for k, i in enumerate(value))
+
+
+def check_mlm(vocab_size, mask_token_id, special_ids, p) -> None:
+    """The arguments of BERT's corruption, checked where a sampler is built and where it runs."""
+    positive_int(vocab_size, "vocab_size")
+    integer(mask_token_id, "mask_token_id", low=0, high=vocab_size - 1)
+    if any(i >= vocab_size for i in _special_ids(special_ids, "special_ids")):
+        raise LabkitError(f"special_ids {list(special_ids)} reach outside the vocabulary [0, {vocab_size})")
+    nums(0.0, 1.0, low_open=True, high_open=True)(p, "p")
+
+
+@checks(input_ids=tensors("int"), generator=maybe(of_type(torch.Generator)))
 def mlm_mask(
     input_ids: torch.Tensor,
     vocab_size: int,
@@ -65,12 +96,9 @@ def mlm_mask(
     `mask_token_id`, 10% a random ordinary token and 10% keep their id. All draws come from
     `generator` (on the device of `input_ids`), so a seeded generator gives the same corruption.
     """
-    if not 0.0 < p < 1.0:
-        raise LabkitError(f"mlm_mask probability p={p} must be in (0, 1)")
-    if not 0 <= mask_token_id < vocab_size:
-        raise LabkitError(
-            f"mask_token_id={mask_token_id} is outside the vocabulary [0, {vocab_size})"
-        )
+    check_mlm(vocab_size, mask_token_id, special_ids, p)
+    if input_ids.numel() and int(input_ids.min()) < 0:
+        raise LabkitError(f"input_ids hold a negative id {int(input_ids.min())}; valid: ids >= 0")
     if input_ids.numel() and int(input_ids.max()) >= vocab_size:
         raise LabkitError(
             f"input_ids contain id {int(input_ids.max())} >= vocab_size={vocab_size}: "
@@ -103,6 +131,11 @@ def corruption_kinds(
 ) -> torch.Tensor:
     """Per position: KEPT, MASKED, RANDOM or UNCHANGED (a random draw equal to the original
     token reads as UNCHANGED, which is what the model sees)."""
+    for name, t in (("input_ids", input_ids), ("corrupted_ids", corrupted_ids), ("chosen", chosen)):
+        tensors()(t, name)
+    same_shape(input_ids, corrupted_ids, "input_ids", "corrupted_ids")
+    same_shape(input_ids, chosen, "input_ids", "chosen")
+    integer(mask_token_id, "mask_token_id")
     kinds = torch.full_like(input_ids, KEPT)
     kinds[chosen & (corrupted_ids == mask_token_id)] = MASKED
     kinds[chosen & (corrupted_ids != mask_token_id) & (corrupted_ids != input_ids)] = RANDOM
@@ -117,6 +150,7 @@ def _positions(tokens: Sequence[str]) -> list[str]:
 
 def causal_mask_figure(tokens: Sequence[str]) -> go.Figure:
     """Heatmap of the causal mask over one sentence: which keys each query may attend to."""
+    tokens = texts(tokens, "tokens")
     import plotly.graph_objects as go
 
     names = _positions(tokens)
@@ -152,6 +186,11 @@ def mlm_corruption_figure(
     token; only coloured columns carry loss (their label is the original token)."""
     import plotly.graph_objects as go
 
+    tokens, corrupted_tokens = texts(tokens, "tokens"), texts(corrupted_tokens, "corrupted_tokens")
+    if isinstance(kinds, (str, bytes)) or not hasattr(kinds, "__len__"):
+        raise LabkitError(f"kinds must be corruption_kinds' output, got {type(kinds).__name__}")
+    kinds = [integer(k, f"kinds[{i}]", low=KEPT, high=UNCHANGED)
+             for i, k in enumerate(kinds.tolist() if torch.is_tensor(kinds) else kinds)]
     if len(tokens) != len(corrupted_tokens) or len(tokens) != len(kinds):
         raise LabkitError(
             f"tokens ({len(tokens)}), corrupted_tokens ({len(corrupted_tokens)}) and kinds "

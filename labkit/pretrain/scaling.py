@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from .. import validate
 from ..errors import LabkitError
+from ..validate import checks, finite, nonnegative, of_type, positive, texts
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -34,6 +36,11 @@ class LossLaw:
     alpha: float
     beta: float
 
+    def __post_init__(self):
+        finite(self.E, "E")
+        for name in ("A", "B", "alpha", "beta"):
+            positive(getattr(self, name), name)
+
     def loss(self, n_params, n_tokens):
         """Predicted loss (nats per token) of N parameters trained on D tokens."""
         n, d = _positive(n_params, "n_params"), _positive(n_tokens, "n_tokens")
@@ -43,6 +50,10 @@ class LossLaw:
 CHINCHILLA = LossLaw(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
 
 
+_law = of_type(LossLaw)
+
+
+@checks(law=_law)
 def chinchilla_loss(n_params, n_tokens, law: LossLaw = CHINCHILLA):
     return law.loss(n_params, n_tokens)
 
@@ -56,6 +67,7 @@ def tokens_per_parameter(n_params, n_tokens):
     return _positive(n_tokens, "n_tokens") / _positive(n_params, "n_params")
 
 
+@checks(law=_law)
 def compute_optimal(flops, law: LossLaw = CHINCHILLA) -> tuple:
     """(N_opt, D_opt) minimising law.loss(N, D) subject to 6ND = flops (closed form)."""
     c = _positive(flops, "flops") / 6.0
@@ -66,7 +78,8 @@ def compute_optimal(flops, law: LossLaw = CHINCHILLA) -> tuple:
 
 def compute_optimal_table(budgets: Sequence[float], law: LossLaw = CHINCHILLA) -> pd.DataFrame:
     """For each FLOP budget: N_opt, D_opt, tokens per parameter and the predicted loss."""
-    budgets = np.asarray(budgets, dtype=float)
+    budgets = _budgets(budgets, "budgets")
+    _law(law, "law")
     n, d = compute_optimal(budgets, law)
     return pd.DataFrame({
         "flops": budgets, "n_params": n, "n_tokens": d,
@@ -80,6 +93,9 @@ class PowerLawFit:
     b: float
     c: float = 0.0  # irreducible loss; 0 for a pure power law
 
+    def __post_init__(self):
+        positive(self.a, "a"), finite(self.b, "b"), nonnegative(self.c, "c")
+
     def __call__(self, compute):
         return self.a * np.asarray(compute, dtype=float) ** -self.b + self.c
 
@@ -91,8 +107,8 @@ class PowerLawFit:
 def fit_power_law(compute, loss, with_offset: bool = False) -> PowerLawFit:
     """Fit L = a * C^-b (least squares on log L vs log C), or L = a * C^-b + c with
     scipy's curve_fit on log L, started from the pure power-law fit."""
-    x, y = np.asarray(compute, dtype=float), np.asarray(loss, dtype=float)
-    if x.shape != y.shape or x.ndim != 1:
+    x, y = _positive(compute, "compute"), _positive(loss, "loss")
+    if np.shape(x) != np.shape(y) or np.ndim(x) != 1:
         raise LabkitError(
             f"compute and loss must be 1-D of equal length, got {x.shape} and {y.shape}"
         )
@@ -102,7 +118,6 @@ def fit_power_law(compute, loss, with_offset: bool = False) -> PowerLawFit:
             f"a power-law fit{' with offset' if with_offset else ''} needs >= {need} points, "
             f"got {len(x)}"
         )
-    _positive(x, "compute"), _positive(y, "loss")
     slope, intercept = np.polyfit(np.log(x), np.log(y), 1)
     pure = PowerLawFit(a=float(np.exp(intercept)), b=float(-slope))
     if not with_offset:
@@ -121,6 +136,7 @@ def fit_power_law(compute, loss, with_offset: bool = False) -> PowerLawFit:
 
 def isoflop_figure(budgets: Sequence[float], law: LossLaw = CHINCHILLA) -> go.Figure:
     """Chinchilla's predicted loss against model size at fixed compute, the optimum marked."""
+    budgets, law = _budgets(budgets, "budgets"), _law(law, "law")
     import plotly.graph_objects as go
 
     fig = go.Figure()
@@ -151,6 +167,13 @@ def power_law_figure(
     """Measured (compute, loss) points on log-log axes with the fitted power law."""
     import plotly.graph_objects as go
 
+    x, y = _positive(compute, "compute"), _positive(loss, "loss")
+    of_type(PowerLawFit)(fit, "fit")
+    if np.ndim(x) != 1 or not len(x) or np.shape(x) != np.shape(y):
+        raise LabkitError(f"compute and loss must be 1-D of equal length, got shapes "
+                          f"{np.shape(x)} and {np.shape(y)}")
+    if labels is not None and len(texts(labels, "labels")) != len(x):
+        raise LabkitError(f"labels has {len(labels)} entries for {len(x)} points")
     x = np.asarray(compute, dtype=float)
     grid = np.logspace(np.log10(x.min()) - 0.3, np.log10(x.max()) + 0.3, 100)
     fig = go.Figure([
@@ -168,8 +191,92 @@ def power_law_figure(
     return fig
 
 
+# Models of known size and training tokens, from their papers (tokens: the training run's, not
+# the dataset's size). Chinchilla's Table 1 lists the first five; Llama 2 trained its 7B model on
+# 2T tokens on purpose, far past the compute-optimal point, to be cheap to serve.
+KNOWN_MODELS = (
+    ("GPT-3 175B", 175e9, 300e9, "Brown et al. 2020"),
+    ("Gopher 280B", 280e9, 300e9, "Rae et al. 2021"),
+    ("MT-NLG 530B", 530e9, 270e9, "Smith et al. 2022"),
+    ("Chinchilla 70B", 70e9, 1.4e12, "Hoffmann et al. 2022"),
+    ("Llama 2 7B", 7e9, 2e12, "Touvron et al. 2023"),
+)
+OPTIMAL_TOKENS_PER_PARAM = 20.0  # Hoffmann et al. approaches 1 and 2, rounded
+
+
+def tokens_per_param_table(models) -> pd.DataFrame:
+    """For (name, parameters, tokens, source) rows: D/N and how far from ~20 tokens per
+    parameter (a ratio < 1: fewer tokens than compute-optimal, the model is undertrained for
+    its compute)."""
+    rows = []
+    for i, row in enumerate(validate.items(models, "models", empty=True)):
+        if not isinstance(row, (tuple, list)) or len(row) not in (3, 4) or not isinstance(row[0], str):
+            raise LabkitError(f"models[{i}] must be (name, parameters, tokens[, source]), "
+                              f"got {row!r}")
+        name, n, d = row[0], _positive(row[1], f"models[{i}] parameters"), \
+            _positive(row[2], f"models[{i}] tokens")
+        rows.append({"model": name, "parameters": n, "tokens": d,
+                     "tokens_per_param": d / n,
+                     "vs_optimal": d / n / OPTIMAL_TOKENS_PER_PARAM,
+                     "source": row[3] if len(row) == 4 else ""})
+    if not rows:
+        raise LabkitError("models is empty; valid: a list of (name, parameters, tokens) rows")
+    return pd.DataFrame(rows)
+
+
+def tokens_per_param_figure(table: pd.DataFrame, *, groups=None) -> go.Figure:
+    """Training tokens against parameters (log-log), with the compute-optimal D = 20 N line:
+    a model below the line saw fewer tokens than its compute would best spend on data.
+
+    `groups` maps a legend name to the models (rows of `table`, by name) drawn as one trace."""
+    import plotly.graph_objects as go
+
+    validate.frame("model", "parameters", "tokens")(table, "table")
+    groups = groups or {"models": list(table["model"])}
+    for name, members in validate.mapping(validate.texts)(groups, "groups").items():
+        unknown = sorted(set(members) - set(table["model"]))
+        if unknown:
+            raise LabkitError(f"groups[{name!r}] names models not in the table: {unknown}")
+    n_lo = np.log10(table["parameters"].min()) - 0.7
+    n_hi = np.log10(table["parameters"].max()) + 0.7
+    line_n = np.logspace(n_lo, n_hi, 50)
+    fig = go.Figure()
+    fig.add_scatter(x=line_n, y=OPTIMAL_TOKENS_PER_PARAM * line_n, mode="lines",
+                    name=f"compute-optimal: D = {OPTIMAL_TOKENS_PER_PARAM:g} N",
+                    line={"color": "black", "dash": "dash"})
+    symbols = ("circle", "diamond", "square", "triangle-up", "x")
+    for k, (name, members) in enumerate(groups.items()):
+        part = table[table["model"].isin(members)]
+        fig.add_scatter(x=part["parameters"], y=part["tokens"], mode="markers+text",
+                        name=name, text=part["model"], textposition="middle right",
+                        marker={"size": 10, "symbol": symbols[k % len(symbols)]},
+                        customdata=part["tokens"] / part["parameters"],
+                        hovertemplate="%{text}<br>N=%{x:.3g}<br>D=%{y:.3g}"
+                                      "<br>D/N=%{customdata:.3g}<extra></extra>")
+    d_lo = min(np.log10(table["tokens"].min()), n_lo + np.log10(OPTIMAL_TOKENS_PER_PARAM)) - 0.5
+    d_hi = max(np.log10(table["tokens"].max()), n_hi + np.log10(OPTIMAL_TOKENS_PER_PARAM)) + 0.5
+    fig.update_xaxes(type="log", range=[n_lo, n_hi + 0.6], title="parameters N (log scale)")
+    fig.update_yaxes(type="log", range=[d_lo, d_hi], title="training tokens D (log scale)")
+    fig.update_layout(title="Undertrained? Training tokens against parameters, and D = 20 N",
+                      template="plotly_white", height=480,
+                      legend={"orientation": "h", "y": -0.2})
+    return fig
+
+
+def _budgets(value, name: str) -> np.ndarray:
+    arr = _positive(value, name)
+    if np.ndim(arr) != 1 or not len(arr):
+        raise LabkitError(f"{name} must be a non-empty list of FLOP budgets, got {value!r}")
+    return arr
+
+
 def _positive(value, name: str):
-    arr = np.asarray(value, dtype=float)
+    if value is None or isinstance(value, (str, bytes, bool)):
+        raise LabkitError(f"{name} must be a number or array of numbers > 0, got {value!r}")
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise LabkitError(f"{name} must be numbers > 0, got {value!r}") from None
     if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
         raise LabkitError(f"{name} must be finite and > 0, got {value!r}")
     return arr if arr.ndim else float(arr)

@@ -327,7 +327,7 @@ def make_schedule(name: str, *, total_steps: int, warmup_steps: int, min_lr_rati
     decay: the last 10% of steps); num_cycles to cosine_restarts; timescale to inverse_sqrt.
     """
     if name not in SCHEDULE_LABELS:
-        raise LabkitError(f"unknown schedule {name!r}; valid: {', '.join(SCHEDULE_NAMES)}")
+        raise LabkitError(f"unknown schedule name={name!r}; valid: {', '.join(SCHEDULE_NAMES)}")
     check_warmup(warmup_steps, total_steps)
     if name == "constant":
         return constant_schedule(warmup_steps=warmup_steps)
@@ -357,6 +357,13 @@ def as_lr_scheduler(optimizer, schedule_fn: Callable[[int], float], last_epoch: 
 
     if not callable(schedule_fn):
         raise LabkitError(f"schedule_fn must be a function step -> multiplier, got {schedule_fn!r}")
+    if not hasattr(optimizer, "param_groups"):
+        raise LabkitError(f"optimizer must be a torch optimizer, got {type(optimizer).__name__}")
+    if isinstance(last_epoch, bool) or not isinstance(last_epoch, Integral) or last_epoch < -1:
+        raise LabkitError(f"last_epoch={last_epoch!r}; valid: -1 (a fresh run) or a step >= 0")
+    if last_epoch >= 0 and any("initial_lr" not in g for g in optimizer.param_groups):
+        raise LabkitError(f"last_epoch={last_epoch} resumes a scheduler, but the optimizer's param "
+                          "groups have no initial_lr (resume with the optimizer of that run)")
     for i, group in enumerate(optimizer.param_groups):
         lr = group.get("initial_lr", group["lr"])
         if not isinstance(lr, Real) or not math.isfinite(lr) or lr < 0:
@@ -374,6 +381,10 @@ def curve_steps(total_steps: int, max_points: int = 1001, marks: Sequence[int] =
     together with the step before it so the kink is drawn where it is.
     """
     total = check_total_steps(total_steps)
+    _whole("max_points", max_points, 2)
+    if isinstance(marks, (str, bytes)) or not isinstance(marks, Sequence):
+        raise LabkitError(f"marks must be a list of steps, got {marks!r}")
+    marks = [_whole(f"marks[{i}]", m, 0) for i, m in enumerate(marks)]
     stride = max(1, math.ceil(total / max(1, max_points - 1)))
     steps = set(range(0, total + 1, stride)) | {total}
     for m in marks:
@@ -390,10 +401,17 @@ def schedule_table(schedules: Mapping[str, Callable[[int], float]], steps: int |
     import pandas as pd
 
     peak = check_peak_lr(peak_lr)
+    if not isinstance(schedules, Mapping) or not schedules:
+        raise LabkitError(f"schedules must be a non-empty dict name -> schedule, got {schedules!r}"[:200])
+    for name, fn in schedules.items():
+        if not callable(fn):
+            raise LabkitError(f"schedules[{name!r}] must be a function step -> multiplier, got {fn!r}")
     if isinstance(steps, Integral) and not isinstance(steps, bool):
-        grid = list(range(check_total_steps(steps) + 1))
+        grid = list(range(_whole("steps", steps, 1) + 1))
+    elif isinstance(steps, Sequence) and not isinstance(steps, str) and steps:
+        grid = [_whole(f"steps[{i}]", s, 0) for i, s in enumerate(steps)]
     else:
-        grid = [check_step(s) for s in steps]
+        raise LabkitError(f"steps must be a total (>= 1) or a list of steps, got {steps!r}")
     columns = {}
     for name, fn in schedules.items():
         kernel = getattr(fn, "kernel", fn)  # already checked once; skip per-step checks
@@ -404,7 +422,15 @@ def schedule_table(schedules: Mapping[str, Callable[[int], float]], steps: int |
 def schedule_figure(table, *, title: str = "Learning-rate schedules", warmup_steps: int | None = None,
                     total_steps: int | None = None, log_y: bool = False):
     """LR vs step, one line per column of `schedule_table`, with the warmup end and last step marked."""
+    import pandas as pd
     import plotly.graph_objects as go
+
+    if not isinstance(table, pd.DataFrame) or table.empty or not len(table.columns):
+        raise LabkitError(f"table must be schedule_table's DataFrame, got {type(table).__name__}")
+    if warmup_steps is not None:
+        _whole("warmup_steps", warmup_steps, 0)
+    if total_steps is not None:
+        check_total_steps(total_steps)
 
     fig = go.Figure()
     for name in table.columns:

@@ -269,6 +269,17 @@ def range_test_step(setup: RunSetup) -> Callable[[float], float]:
     return train_step
 
 
+def range_tests(setup: RunSetup, *, seeds, min_lr: float, max_lr: float, num_steps: int,
+                **kwargs):
+    """`lr_range_tests` of the tiny GPT, one fresh model and batch order per seed."""
+    from dataclasses import replace
+
+    from .range_test import lr_range_tests
+
+    return lr_range_tests(lambda seed: range_test_step(replace(setup, seed=seed)), seeds,
+                          min_lr=min_lr, max_lr=max_lr, num_steps=num_steps, **kwargs)
+
+
 def explorer_run_fn(setup: RunSetup, *, max_steps: int | None = None):
     """run_fn(settings, progress) -> (steps, losses) for widgets.schedules.ScheduleExplorer."""
     from .curves import make_schedule

@@ -85,10 +85,11 @@ def test_planner_widget_controls_change_the_bar():
     from widgets.parallel import planner_widget
 
     w = planner_widget()
-    assert "fits" in w.status.value
+    assert "fits" in w.status.value and w.plan.error is None  # opens on a valid 3D layout
+    assert (w.plan.layout.dp, w.plan.layout.tp, w.plan.layout.pp) == (2, 8, 4)
     params0 = w.figure.data[0].y[0]
     w.controls["zero"].value = 3
-    assert w.figure.data[0].y[0] == pytest.approx(params0 / 8)  # parameters sharded over DP=8
+    assert w.figure.data[0].y[0] == pytest.approx(params0 / 2)  # parameters sharded over DP=2
     w.controls["gpu_memory_gb"].value = 40
     assert (
         w.figure.layout.shapes[0].y0 == 40
@@ -116,3 +117,34 @@ def test_planner_widget_suggest_sets_a_fitting_layout():
         8 * w.controls["nodes"].value
     )
     assert w.controls["nodes"].value < 16
+
+
+@pytest.mark.parametrize("preset", ["tiny", "1B", "7B", "13B", "70B", "405B"])
+def test_planner_widget_opens_every_preset_on_a_valid_layout(preset):
+    from widgets.parallel import nearest_valid_layout, planner_widget
+
+    w = planner_widget()
+    w.controls["model"].value = preset
+    assert w.plan.error is None and "cannot compute" not in w.status.value
+    assert w.plan.gpus == 64  # the cluster stays; DP takes the GPUs TP and PP no longer use
+    if preset == "tiny":  # 4 heads and 2 layers: TP 8 and PP 4 cannot stay
+        assert "changed to DP8 TP4 PP2" in w.status.value and w.figure.data[0].y[0] > 0
+    assert nearest_valid_layout(w.plan.model, w.cluster(), w.layout()) == w.layout()
+
+
+def test_lab_03_own_model_cell_runs_the_tested_code_only_when_asked():
+    """The notebook's "Your own model" cell is labkit.yourmodel's (which
+    tests/test_standard_models.py runs on a local GPT-2), guarded so that CI never runs it."""
+    import textwrap
+    from pathlib import Path
+
+    import nbformat
+
+    from labkit.yourmodel import cell
+
+    path = Path(__file__).resolve().parents[1] / "labs" / "03_distributed_training.ipynb"
+    source = next(c.source for c in nbformat.read(path, as_version=4).cells
+                  if c.get("id") == "own-model")
+    assert source.startswith("RUN_OWN_MODEL = False")
+    assert textwrap.indent(cell("03").code.rstrip("\n"), "    ") in source
+    assert "\nif RUN_OWN_MODEL:\n" in source

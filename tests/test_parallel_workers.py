@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from labkit.parallel import launch
+from labkit.parallel import WorkerFailed, launch
 
 pytestmark = pytest.mark.slow
 TIMEOUT = 300  # 2 shared cores: generous, the jobs take 15-40 s
@@ -37,7 +37,7 @@ def test_ddp_equals_one_process_on_the_global_batch():
     np.testing.assert_allclose(r0["losses"], ref_losses, rtol=0, atol=1e-5)
     assert r0["max_grad_diff_step0"] < 1e-6
     assert r0["max_weight_diff"] < 5e-4  # Adam magnifies rounding in near-zero gradients
-    assert r0["tokens_per_s"] > 0
+    assert r0["tokens_per_s"] > 0 and r0["tokens_per_s_single"] > 0
 
 
 def test_zero_and_fsdp_hold_one_nth_of_the_state():
@@ -148,3 +148,27 @@ def test_torchrun_restarts_the_group_which_resumes(tmp_path):
     assert res["resumed_from"] == 1 and res["steps"] == [2, 3]
     assert any(line.startswith("resumed from") for line in r.log)
     np.testing.assert_allclose(res["losses"], res["uninterrupted_losses"][2:], atol=1e-5)
+
+
+def test_dp_tp_grid_trains_like_one_process_and_holds_its_share():
+    """2-D: tensor parallel inside rows of 2 ranks, FSDP across them, on a 2 x 2 DeviceMesh."""
+    from labkit.parallel.workers.common import train_single
+
+    r = launch("dp_tp", nproc=4, args={"steps": 3, "dp": 2, "tp": 2}, timeout=TIMEOUT, echo=None)
+    r0 = r.results[0]
+    assert r0["tp_groups"] == [[0, 1], [2, 3]] and r0["dp_groups"] == [[0, 2], [1, 3]]
+    assert [tuple(x["coords"].values()) for x in r.results] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    _, ref_losses, _ = train_single(_args(steps=3))
+    for res in r.results:  # every rank reports the mean loss over the data slices
+        np.testing.assert_allclose(res["losses"], ref_losses, rtol=0, atol=1e-5)
+    # fp32 bytes: decoder matrices / (dp*tp), norms and the tied embedding / dp (FSDP only)
+    d, ff, layers, vocab = 64, 160, 2, 512
+    matrices = layers * (4 * d * d + 3 * d * ff)
+    norms = (2 * layers + 1) * d
+    expected = 4 * (matrices // 4 + norms // 2 + vocab * d // 2)
+    assert r0["full_parameter_bytes"] == 4 * 127_296
+    for res in r.results:
+        assert res["bytes"]["parameters"] == res["bytes"]["gradients"] == expected
+        assert res["bytes"]["optimizer"] == 2 * expected  # Adam's two moments
+    with pytest.raises(WorkerFailed, match="must equal the 2 ranks"):
+        launch("dp_tp", nproc=2, args={"steps": 1, "dp": 2, "tp": 2}, timeout=TIMEOUT, echo=None)

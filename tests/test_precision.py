@@ -462,3 +462,97 @@ def test_saved_activation_bytes_counts_what_backward_keeps():
         assert saved_activation_bytes(model, batch) == 0  # nothing is saved without autograd
     with pytest.raises(LabkitError, match="not one of: bf16, fp16"):
         saved_activation_bytes(model, batch, "fp8")
+
+
+class _ScaledLinearLoss(torch.nn.Module):
+    """loss = factor * sum(w * x): the gradient of w is exactly factor * x, so a test chooses
+    which gradient values fall below fp16's range."""
+
+    def __init__(self, n=1000, factor=1e-7):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(n))
+        self.factor = factor
+
+    def forward(self, x, labels=None):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(loss=self.factor * (self.w * x).sum())
+
+
+def test_gradient_storage_counts_exactly_what_each_format_flushes():
+    from labkit.precision import gradient_storage
+
+    model = _ScaledLinearLoss(n=4, factor=1.0)
+    x = torch.tensor([1e-9, 1e-6, 1.0, 0.0])  # below 2^-25, an fp16 subnormal, normal, zero
+    for dtype, flushed in (("fp16", 1), ("bf16", 0)):
+        model.zero_grad(set_to_none=True)
+        with gradient_storage(model, dtype) as storage:
+            model(x).loss.backward()
+        assert (storage.flushed, storage.nonzero) == (flushed, 3)
+        assert storage.flushed_share == pytest.approx(flushed / 3)
+        assert torch.equal(model.w.grad, x.to(storage.format.dtype).float())
+    with pytest.raises(LabkitError, match="fp16 or bf16"):
+        gradient_storage(model, "fp8_e4m3fn")
+    with pytest.raises(LabkitError, match="unknown format"):
+        gradient_storage(model, "fp12")
+
+
+def test_gradient_storage_runs_fp16_underflows_without_a_scaler_and_bf16_never():
+    from labkit.precision import STORAGE_MODES, gradient_storage_runs
+
+    g = torch.Generator().manual_seed(0)
+    batches = [{"x": torch.rand(1000, generator=g)} for _ in range(3)]  # grads 0..1e-7
+    runs = gradient_storage_runs(_ScaledLinearLoss(), batches, lr=1e-3)
+    assert list(runs["mode"].unique()) == list(STORAGE_MODES) and len(runs) == 4 * 3
+    flushed = runs.groupby("mode")["flushed_share"]
+    # P(1e-7 * u < 2^-25) = 0.298 for u uniform on [0, 1): about 30% flush in fp16
+    assert 0.2 < flushed.min()["fp16"] and flushed.max()["fp16"] < 0.4
+    assert flushed.max()["bf16"] == 0 and flushed.max()["fp32"] == 0
+    assert flushed.max()["fp16+scaler"] < 1e-3  # 65536 x 1e-7 u sits far above 2^-25
+    first = runs[runs["step"] == 0]["loss"]
+    assert first.nunique() == 1  # one starting model, one batch: the same first loss
+    assert not runs["skipped"].any()
+    with pytest.raises(LabkitError, match="unknown"):
+        gradient_storage_runs(_ScaledLinearLoss(), batches, modes=["fp8"])
+    with pytest.raises(LabkitError, match="non-empty list"):
+        gradient_storage_runs(_ScaledLinearLoss(), [])
+
+
+def test_bf16_slowdown_times_both_passes():
+    from labkit.precision.measure import bf16_slowdown
+
+    model, batch = _tiny_lm_and_batch()
+    ratio = bf16_slowdown(model, batch)
+    assert 0.05 < ratio < 100  # bf16 is 1-8x fp32 on CPUs; a ratio is what comes back
+    assert all(p.grad is None for p in model.parameters())  # it leaves no gradients behind
+
+
+@given(steps=st.integers(1, 500), slowdown=st.floats(0.1, 100), budget=st.floats(0.5, 10),
+       least=st.integers(1, 20), multiple=st.integers(1, 10))
+def test_steps_within_fits_the_budget(steps, slowdown, budget, least, multiple):
+    from labkit.precision.measure import steps_within
+
+    n = steps_within(steps, slowdown, budget=budget, least=least, multiple=multiple)
+    assert 1 <= n <= steps
+    if slowdown <= budget:
+        assert n == steps
+    else:
+        assert n == min(steps, least) or (n % multiple == 0 and n * slowdown <= steps * budget)
+
+
+def test_lab_04_own_model_cell_runs_the_tested_code_only_when_asked():
+    """The notebook's "Your own model" cell is labkit.yourmodel's (which
+    tests/test_standard_models.py runs on a local GPT-2), guarded so that CI never runs it."""
+    import textwrap
+    from pathlib import Path
+
+    import nbformat
+
+    from labkit.yourmodel import cell
+
+    path = Path(__file__).resolve().parents[1] / "labs" / "04_mixed_precision.ipynb"
+    source = next(c.source for c in nbformat.read(path, as_version=4).cells
+                  if c.get("id") == "own-model")
+    assert source.startswith("RUN_OWN_MODEL = False")
+    assert textwrap.indent(cell("04").code.rstrip("\n"), "    ") in source
+    assert "\nif RUN_OWN_MODEL:\n" in source

@@ -9,6 +9,7 @@ learners.
 from __future__ import annotations
 
 import html
+from dataclasses import replace
 
 import ipywidgets as W
 import plotly.graph_objects as go
@@ -145,7 +146,8 @@ MODEL_FIELDS = {  # field: (label with unit, attribute of ModelSpec)
 
 
 DEFAULT_CLUSTER = Cluster(gpus_per_node=8, nodes=8, gpu_memory_gb=80.0)
-DEFAULT_LAYOUT = Layout(dp=8, tp=8, pp=1, zero=1)
+# opens on a 3D layout that fits: TP inside each node, 4 pipeline stages, 2 data-parallel replicas
+DEFAULT_LAYOUT = Layout(dp=2, tp=8, pp=4, zero=1)
 
 
 class PlannerExplorer(_Explorer):
@@ -255,7 +257,26 @@ class PlannerExplorer(_Explorer):
         if change["new"] in PRESETS:
             self._base = PRESETS[change["new"]]
             self._fill_model(self._base)
+            old = self.layout()
+            fitted = nearest_valid_layout(self._base, self.cluster(), old)
+            if fitted is not None and fitted != old:
+                # the layout was chosen for another model (tp=8 for 4 heads...): a new preset
+                # opens on the closest layout that suits it instead of on an error
+                self._set_layout(fitted)
+                self.update()
+                self.status.value += (f"<br>&bull; {html.escape(old.label())} does not suit "
+                                      f"{html.escape(self._base.name)}: changed to "
+                                      f"{html.escape(fitted.label())}")
+                return
         self.update()
+
+    def _set_layout(self, layout: Layout):
+        self._hold = True
+        try:
+            for name in ("dp", "tp", "pp"):
+                self.controls[name].value = getattr(layout, name)
+        finally:
+            self._hold = False
 
     def _model_edited(self, _):
         if self._hold:
@@ -318,8 +339,8 @@ class PlannerExplorer(_Explorer):
         )
         notes = "".join(f"<br>&bull; {html.escape(n)}" for n in p.notes)
         self.status.value = (
-            f"{p.parameters / 1e9:.2f} B parameters; {p.parameters_per_gpu / 1e9:.2f} B per GPU "
-            f"before ZeRO. Total <b>{p.total_gb:.1f} GB</b> per GPU: {verdict} in "
+            f"{_count(p.parameters)} parameters; {_count(p.parameters_per_gpu)} per GPU "
+            f"before ZeRO. Total <b>{p.total_gb:.3g} GB</b> per GPU: {verdict} in "
             f"{p.cluster.gpu_memory_gb:g} GB. Pipeline bubble {p.bubble:.1%}.{notes}"
         )
 
@@ -352,6 +373,28 @@ class PlannerExplorer(_Explorer):
             self.status.value += (
                 f"<br><span style='color:#b00020'>{html.escape(best.notes[-1])}</span>"
             )
+
+
+def nearest_valid_layout(model: ModelSpec, cluster: Cluster, layout: Layout) -> Layout | None:
+    """`layout` itself when the planner accepts it for `model`; else the same layout with the
+    largest TP and PP that divide the current ones and suit the model, DP taking the GPUs they
+    free; None when nothing of that kind is valid."""
+    if not plan(model, cluster, layout).error:
+        return layout
+    gpus = cluster.gpus_per_node * cluster.nodes
+    for pp in sorted((d for d in range(1, layout.pp + 1) if layout.pp % d == 0), reverse=True):
+        for tp in sorted((d for d in range(1, layout.tp + 1) if layout.tp % d == 0), reverse=True):
+            if gpus % (tp * pp):
+                continue
+            candidate = replace(layout, dp=gpus // (tp * pp), tp=tp, pp=pp)
+            if not plan(model, cluster, candidate).error:
+                return candidate
+    return None
+
+
+def _count(n: float) -> str:
+    """A parameter count people read: 127,296 / 6.74 B."""
+    return f"{n:,.0f}" if n < 1e6 else f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M"
 
 
 def planner_widget(**kwargs) -> PlannerExplorer:

@@ -278,12 +278,13 @@ class PrecisionExplorer:
         with self.figure.batch_update():
             bar.x, bar.y = np.asarray(centres), share
             bar.name = name
-            self.figure.layout.title.text = (f"{name}: log10|x| ({sampled}; {zeros:,} exact "
-                                             "zeros not shown)")
+            # short: a long title is cut off in a narrow notebook; the details go below
+            self.figure.layout.title.text = f"Where the values of {name} fall"
             marker = self.figure.data[1]
             if marker.x is not None and len(marker.x):
                 marker.y = [0, float(share.max()) if share.size else 1.0]
-        text = shares_html(shares, sampled)
+        text = shares_html(shares, f"{sampled}; the histogram leaves out {zeros:,} exact "
+                                   "zeros (no logarithm)")
         if errors:
             text = "".join(_message("error", e) for e in errors) + text
         self.shares_table.value = text

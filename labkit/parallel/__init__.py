@@ -7,7 +7,15 @@ CPU, NCCL on GPUs); `launch` starts them from a notebook and collects each rank'
 
 from __future__ import annotations
 
-from .launch import LaunchResult, WorkerFailed, launch, torchrun_command, worker_script
+from .group import WorkerGroup, worker_group
+from .launch import (
+    LaunchResult,
+    WorkerFailed,
+    launch,
+    room_for,
+    torchrun_command,
+    worker_script,
+)
 from .planner import (
     PRESETS,
     Cluster,
@@ -40,6 +48,7 @@ SETTINGS = {
         "seq": 32,
         "batch": 8,
         "micro_batches": 4,
+        "grid": (2, 2),  # the 2-D run: data-parallel groups x tensor-parallel ranks (4 processes)
         "timeout": 180,
     },
     "gpu": {
@@ -52,6 +61,7 @@ SETTINGS = {
         "seq": 128,
         "batch": 16,
         "micro_batches": 8,
+        "grid": (2, 2),
         "timeout": 300,
     },
 }
@@ -83,6 +93,7 @@ __all__ = [
     "ModelSpec",
     "PlanError",
     "WorkerFailed",
+    "WorkerGroup",
     "activation_bytes_per_layer",
     "bubble_fraction",
     "ideal_schedule",
@@ -92,9 +103,11 @@ __all__ = [
     "model_state_bytes",
     "parameter_count",
     "plan",
+    "room_for",
     "suggest_layout",
     "timeline_bubble",
     "torchrun_command",
+    "worker_group",
     "worker_script",
     *_FIGURES,
 ]

@@ -6,7 +6,11 @@ from collections.abc import Sequence
 
 import plotly.graph_objects as go
 
+from ..errors import LabkitError
+from ..validate import checks, maybe, positive, records
 from .planner import MemoryPlan, timeline_bubble
+
+_EVENTS = records("stage", "kind", "microbatch", "start", "end")
 
 COMPONENTS = ("parameters", "gradients", "optimizer", "activations")
 COLORS = {
@@ -38,6 +42,7 @@ def timeline_traces(events: Sequence[dict]) -> dict[str, dict]:
     return out
 
 
+@checks(events=_EVENTS)
 def pipeline_timeline_figure(
     events: Sequence[dict], title: str = "Pipeline timeline", time_unit: str = "ms"
 ) -> go.Figure:
@@ -85,7 +90,11 @@ def memory_breakdown_figure(
     """Stacked bars of parameters, gradients, optimizer state and activations per GPU.
     `bars` are MemoryPlans (GB) or dicts {label, parameters, ...} in `unit`; `limit` draws the
     GPU's memory as a dashed line (taken from the first plan when not given)."""
+    if isinstance(bars, (str, bytes, dict)) or not isinstance(bars, Sequence) or not bars:
+        raise LabkitError(f"bars must be a non-empty list of MemoryPlans or dicts, got {bars!r}"[:200])
     rows = [memory_bars(b) if isinstance(b, MemoryPlan) else b for b in bars]
+    records("label")(rows, "bars")
+    maybe(positive)(limit, "limit")
     if limit is None and bars and isinstance(bars[0], MemoryPlan):
         limit = bars[0].cluster.gpu_memory_gb
     fig = go.Figure()
@@ -117,6 +126,9 @@ def zero_memory_figure(result: dict) -> go.Figure:
     """Measured bytes per rank (from the zero worker's result) next to the ZeRO formula, in kB
     (1 kB = 1e3 bytes). Parameters are those held while a step runs (between forward and
     backward), where ZeRO-2 and ZeRO-3 differ."""
+    if not isinstance(result, dict) or not {"modes", "world", "parameters"} <= set(result):
+        raise LabkitError("result must be the zero worker's result (a dict with modes, world and "
+                          f"parameters), got {type(result).__name__}")
     names = {"ddp": "DDP (ZeRO-0)", "zero1": "ZeRO-1", "zero2": "ZeRO-2", "zero3": "ZeRO-3"}
     bars = []
     for mode, res in result["modes"].items():
@@ -145,6 +157,7 @@ def zero_memory_figure(result: dict) -> go.Figure:
     )
 
 
+@checks(results=records("rank", "grad_norm_before", "grad_norm_after"))
 def ddp_grad_norm_figure(results: Sequence[dict]) -> go.Figure:
     """Each rank's gradient norm per step before the all-reduce (its own batch) and after
     (the average every rank applies): the lines meet after."""

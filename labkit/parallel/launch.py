@@ -3,7 +3,7 @@ never leave a worker behind.
 
 `launch("ddp", nproc=2)` runs `python -m torch.distributed.run --standalone --nproc-per-node 2
 labkit/parallel/workers/ddp.py` in a subprocess of its own session (on Linux through a python
-that imports torch and transformers first and forks the workers, see `preload`). `--standalone`
+that imports torch and the worker's modules first and forks the workers, see `preload`). `--standalone`
 binds its rendezvous store to port 0, so the operating system hands out a free port (two labs
 can launch at once). Every
 worker runs with OMP_NUM_THREADS=1 and writes its results to a temporary folder named by
@@ -34,8 +34,10 @@ from pathlib import Path
 import psutil
 
 from ..errors import LabkitError
+from ..validate import function, maybe, nonnegative_int, positive, positive_int, text
 
 WORKERS_DIR = Path(__file__).parent / "workers"
+LIBRARY_MODULES = ("__init__", "common", "model", "serve")  # in workers/, not lab workers
 RESULT_DIR_ENV = "LABKIT_RESULT_DIR"
 
 
@@ -83,17 +85,47 @@ class WorkerFailed(RuntimeError):
 
 def worker_script(name: str | os.PathLike) -> Path:
     """A worker by name ("ddp", "zero", "tp", "pp", "checkpoint") or a path to any script."""
+    if not isinstance(name, (str, os.PathLike)) or not str(name):
+        raise LabkitError(f"script must be a worker name or a path, got {name!r}")
     path = Path(name)
     if path.suffix != ".py" and not path.exists():
         path = WORKERS_DIR / f"{name}.py"
     if not path.is_file():
         names = sorted(
-            p.stem for p in WORKERS_DIR.glob("*.py") if p.stem not in ("__init__", "common")
+            p.stem for p in WORKERS_DIR.glob("*.py") if p.stem not in LIBRARY_MODULES
         )
         raise LabkitError(
             f"script={str(name)!r} not found; give a path or a worker name: {', '.join(names)}"
         )
     return path.resolve()
+
+
+PROCESS_MB = 450  # resident memory of one worker: torch maps ~0.3 GB, plus the job's tensors
+
+
+def room_for(nproc: int, process_mb: float = PROCESS_MB) -> tuple[bool, str]:
+    """Whether this machine can run `nproc` workers side by side, and why not: a free core for
+    each (more processes than cores take turns, and collectives wait for the descheduled
+    ones) and about `process_mb` of memory each (`labkit run-labs` counts every process's
+    resident memory, libraries included)."""
+    positive_int(nproc, "nproc"), positive(process_mb, "process_mb")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    need_gb = nproc * process_mb / 1e3
+    free_gb = psutil.virtual_memory().available / 1e9
+    if (cores or 1) < nproc:
+        return False, (f"{nproc} processes need {nproc} cores (this machine has {cores}) and "
+                       f"about {need_gb:.1f} GB of memory as `labkit run-labs` counts it (each "
+                       "process maps torch)")
+    if free_gb < need_gb + 0.5:
+        return False, f"{nproc} processes need about {need_gb:.1f} GB; {free_gb:.1f} GB is free"
+    return True, f"{cores} cores and {free_gb:.1f} GB free for {nproc} processes"
+
+
+def _args(value, name: str):
+    if not isinstance(value, (str, Mapping, list, tuple)):
+        raise LabkitError(f"{name} must be a dict, list or string of worker arguments, "
+                          f"got {type(value).__name__}")
+    return value
 
 
 def script_args(args: Sequence | Mapping) -> list[str]:
@@ -129,9 +161,9 @@ def torchrun_command(
     rendezvous at `rdzv_endpoint` (a host all nodes reach) forms the group of nnodes x nproc.
     A worker's path is given from the repository root; `module=True` names it as a module
     instead (`-m labkit.parallel.workers.ddp`), which works wherever labkit is installed."""
-    for name, value in (("nnodes", nnodes), ("nproc_per_node", nproc_per_node)):
-        if not isinstance(value, int) or value < 1:
-            raise LabkitError(f"{name}={value!r}: must be a positive whole number")
+    positive_int(nnodes, "nnodes"), positive_int(nproc_per_node, "nproc_per_node")
+    nonnegative_int(max_restarts, "max_restarts"), text(rdzv_endpoint, "rdzv_endpoint", empty=False)
+    maybe(text)(rdzv_id, "rdzv_id"), _args(args, "args")
     path = worker_script(script)
     try:
         shown = path.relative_to(Path.cwd())
@@ -158,20 +190,28 @@ def torchrun_command(
     return " ".join(w if "$" in w else shlex.quote(w) for w in words)
 
 
-PRELOAD = (
+PRELOAD = (  # what every worker needs; a worker of this package also gets its own imports
     "torch.distributed",
     "labkit.parallel.workers.common",
-    "labkit.models",
-    "transformers.models.llama.modeling_llama",
+    "labkit.parallel.workers.model",
 )
 
 
-def _torchrun(preload: bool) -> list[str]:
+def _preloaded(path: Path) -> tuple[str, ...]:
+    """Modules the launcher imports before forking: the shared ones, and for a worker of this
+    package its module itself (its top-level imports, not its main), so each launch pays for
+    exactly the libraries its ranks use (the tensor-parallel stack only where it is needed)."""
+    if path.parent == WORKERS_DIR.resolve():
+        return (*PRELOAD, f"labkit.parallel.workers.{path.stem}")
+    return PRELOAD
+
+
+def _torchrun(preload: bool, modules: Sequence[str] = PRELOAD) -> list[str]:
     if not preload:
         return [sys.executable, "-m", "torch.distributed.run"]
     code = (
         "import importlib, sys\n"
-        f"for name in {PRELOAD!r}:\n"
+        f"for name in {tuple(modules)!r}:\n"
         "    try:\n        importlib.import_module(name)\n"
         "    except ImportError:\n        pass\n"
         "from torch.distributed.run import main\n"
@@ -291,6 +331,20 @@ _COLLATERAL = (
 )
 
 
+def _explain_failure(out: LaunchResult, path: Path, launcher_text: str, errors, results,
+                     stderr) -> None:
+    """Fill a failed run's failed_rank, traceback and error: the rank that failed first, why
+    (its exit code's meaning) and its traceback, or torchrun's own log when no rank did."""
+    ranked = _failures_from_torchrun(launcher_text)
+    out.failed_rank, what, out.traceback = _root_cause(ranked, errors, results, stderr)
+    if out.failed_rank is None:
+        out.traceback = launcher_text[-3000:]
+    code = dict(ranked).get(out.failed_rank)
+    how = f" ({_exit_meaning(code)})" if code is not None else ""
+    where = f"rank {out.failed_rank}" if out.failed_rank is not None else "torchrun"
+    out.error = f"{path.name}: {where} failed{how}: {what}"
+
+
 def _root_cause(
     ranked: list[tuple[int, int]], errors: list[dict], results: list, stderr: dict[int, str]
 ):
@@ -355,15 +409,17 @@ def launch(
     failed with its traceback and, with `check=True`, raises WorkerFailed. `max_restarts` lets
     torchrun restart the whole group after a failure (elastic fault tolerance).
 
-    `preload` (default: on Linux without a visible GPU) imports torch and transformers once in
-    torchrun's process and forks the workers from it (`--run-path --start-method fork`): the
-    workers then start in under a second instead of each spending seconds importing the same
-    libraries. With CUDA, workers start fresh (a forked process cannot initialise CUDA).
+    `preload` (default: on Linux without a visible GPU) imports torch and the worker's modules
+    once in torchrun's process and forks the workers from it (`--run-path --start-method fork`):
+    the workers then start in under a second instead of each spending seconds importing the
+    same libraries. With CUDA, workers start fresh (a forked process cannot initialise CUDA).
+    To run several workers one after another without starting torchrun each time, see
+    `worker_group`.
     """
-    if not isinstance(nproc, int) or nproc < 1:
-        raise LabkitError(f"nproc={nproc!r}: must be a positive whole number of processes")
-    if not timeout or timeout <= 0:
-        raise LabkitError(f"timeout={timeout!r}: must be a positive number of seconds")
+    positive_int(nproc, "nproc"), positive(timeout, "timeout")
+    nonnegative_int(max_restarts, "max_restarts"), maybe(function)(echo, "echo"), _args(args, "args")
+    if env is not None and not isinstance(env, Mapping):
+        raise LabkitError(f"env must be a dict of environment variables, got {type(env).__name__}")
     path = worker_script(script)
     echo = echo or (lambda *a, **k: None)
     work = Path(tempfile.mkdtemp(prefix="labkit-launch-"))
@@ -380,8 +436,11 @@ def launch(
     if preload is None:
         preload = _can_preload(child_env, nproc)
     command = [
-        *_torchrun(preload),
+        *_torchrun(preload, _preloaded(path)),
         "--standalone",
+        # one machine: the workers meet on loopback. Left unset, torchrun advertises this
+        # host's name, which some containers and sandboxes cannot resolve (workers then hang)
+        "--local-addr=127.0.0.1",
         f"--nproc-per-node={nproc}",
         f"--max-restarts={max_restarts}",
         f"--log-dir={log_dir}",
@@ -493,15 +552,7 @@ def launch(
             out.traceback = "\n".join(f"--- rank {r} ---\n{stderr.get(r, '')}" for r in missing)
     elif returncode != 0 or errors:
         out.status = "failed"
-        ranked = _failures_from_torchrun(launcher_text)
-        codes = dict(ranked)
-        out.failed_rank, what, out.traceback = _root_cause(ranked, errors, results, stderr)
-        if out.failed_rank is None:
-            out.traceback = launcher_text[-3000:]
-        code = codes.get(out.failed_rank)
-        how = f" ({_exit_meaning(code)})" if code is not None else ""
-        where = f"rank {out.failed_rank}" if out.failed_rank is not None else "torchrun"
-        out.error = f"{path.name}: {where} failed{how}: {what}"
+        _explain_failure(out, path, launcher_text, errors, results, stderr)
     if not out.ok:
         echo(out.report())
         if check:

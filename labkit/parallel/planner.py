@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 
 from ..errors import LabkitError
+from ..validate import among, flag, nonnegative, positive, positive_int, records
 
 GB = 1e9
 SCHEDULES = ("gpipe", "1f1b", "interleaved")
@@ -33,6 +34,14 @@ RECOMPUTE = ("none", "selective", "full")
 
 class PlanError(LabkitError):
     """A model, cluster or layout the planner cannot plan; the message says what is valid."""
+
+
+def _checked(check, value, name: str):
+    """A shared check, its refusal raised as the planner's PlanError."""
+    try:
+        return check(value, name)
+    except LabkitError as exc:
+        raise PlanError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -148,7 +157,7 @@ class MemoryPlan:
 
 
 def model_preset(name: str) -> ModelSpec:
-    if name not in PRESETS:
+    if not isinstance(name, str) or name not in PRESETS:
         raise PlanError(f"model={name!r} is not a preset; presets: {', '.join(PRESETS)}")
     return PRESETS[name]
 
@@ -165,6 +174,7 @@ def layer_parameters(m: ModelSpec) -> int:
 def parameter_count(m: ModelSpec) -> int:
     """All parameters. For a GPT (gelu, ffn=4h, kv=heads, tied) this is exactly
     h*v + L*(12h^2 + 13h); Llama models add the untied output layer and a final RMSNorm."""
+    _validate_model(m)
     total = m.vocab * m.hidden * (1 if m.tied else 2) + m.layers * layer_parameters(m)
     return total + (m.hidden if m.mlp == "swiglu" else 0)
 
@@ -184,6 +194,8 @@ def stage_parameters(m: ModelSpec, pp: int) -> list[int]:
 
 def model_state_bytes(params: float, dp: int = 1, zero: int = 0, fp32_grads: bool = False) -> dict:
     """Bytes per GPU of weights, gradients and optimizer state for mixed-precision Adam."""
+    _checked(nonnegative, params, "params"), _checked(positive_int, dp, "dp")
+    _checked(among(0, 1, 2, 3), zero, "zero"), _checked(flag, fp32_grads, "fp32_grads")
     weights, grads, optim = 2.0 * params, (6.0 if fp32_grads else 2.0) * params, 12.0 * params
     if zero >= 1:
         optim /= dp
@@ -204,6 +216,10 @@ def activation_bytes_per_layer(
     recompute: str = "none",
 ) -> float:
     """Korthikanti et al. (2022): activation bytes one transformer layer keeps for backward."""
+    for name, value in (("seq", seq), ("batch", batch), ("hidden", hidden), ("heads", heads), ("tp", tp)):
+        _checked(positive_int, value, name)
+    _checked(flag, sequence_parallel, "sequence_parallel")
+    _checked(among(*RECOMPUTE), recompute, "recompute")
     s, b, h, a, t = seq, batch, hidden, heads, tp
     attention = 5 * a * s / (h * t)  # softmax input/output and dropout mask: the s^2 terms
     if recompute == "full":
@@ -217,6 +233,8 @@ def activation_bytes_per_layer(
 
 def bubble_fraction(stages: int, micro_batches: int, chunks: int = 1) -> float:
     """Idle fraction of a pipeline step: (p-1)/(v*m + p-1); v=1 for GPipe and 1F1B."""
+    for name, value in (("stages", stages), ("micro_batches", micro_batches), ("chunks", chunks)):
+        _checked(positive_int, value, name)
     p, m, v = stages, micro_batches, chunks
     return (p - 1) / (v * m + p - 1)
 
@@ -225,8 +243,10 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def validate(model: ModelSpec, cluster: Cluster, layout: Layout) -> None:
-    """Raise PlanError naming the first bad value and what would be valid."""
+def _validate_model(model: ModelSpec) -> None:
+    if not isinstance(model, ModelSpec):
+        raise PlanError(f"model must be a ModelSpec or a preset name ({', '.join(PRESETS)}), "
+                        f"got {type(model).__name__}")
     for name, value in (
         ("layers", model.layers),
         ("hidden", model.hidden),
@@ -234,8 +254,12 @@ def validate(model: ModelSpec, cluster: Cluster, layout: Layout) -> None:
         ("vocab", model.vocab),
         ("seq", model.seq),
     ):
-        if not isinstance(value, int) or value < 1:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise PlanError(f"model {name}={value!r}: must be a positive whole number")
+    for name, value in (("kv_heads", model.kv_heads), ("ffn", model.ffn)):
+        if value is not None:
+            _checked(positive_int, value, f"model {name}")
+    _checked(flag, model.tied, "model tied")
     if model.hidden % model.heads:
         raise PlanError(
             f"hidden={model.hidden} is not divisible by heads={model.heads}; "
@@ -248,15 +272,25 @@ def validate(model: ModelSpec, cluster: Cluster, layout: Layout) -> None:
         )
     if model.mlp not in ("gelu", "swiglu"):
         raise PlanError(f"mlp={model.mlp!r}: valid values are 'gelu' and 'swiglu'")
+
+
+def validate(model: ModelSpec, cluster: Cluster, layout: Layout) -> None:
+    """Raise PlanError naming the first bad value and what would be valid."""
+    _validate_model(model)
+    if not isinstance(cluster, Cluster):
+        raise PlanError(f"cluster must be a Cluster, got {type(cluster).__name__}")
+    if not isinstance(layout, Layout):
+        raise PlanError(f"layout must be a Layout, got {type(layout).__name__}")
     for name, value in (("gpus_per_node", cluster.gpus_per_node), ("nodes", cluster.nodes)):
-        if not isinstance(value, int) or value < 1:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise PlanError(f"{name}={value!r}: a cluster needs at least 1 (a whole number)")
-    if not cluster.gpu_memory_gb or cluster.gpu_memory_gb <= 0:
-        raise PlanError(f"gpu_memory_gb={cluster.gpu_memory_gb!r}: must be positive (e.g. 80)")
-    for name in ("dp", "tp", "pp", "micro_batch", "micro_batches"):
+    _checked(positive, cluster.gpu_memory_gb, "gpu_memory_gb")
+    for name in ("dp", "tp", "pp", "micro_batch", "micro_batches", "chunks"):
         value = getattr(layout, name)
-        if not isinstance(value, int) or value < 1:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise PlanError(f"{name}={value!r}: must be a whole number >= 1")
+    for name in ("sequence_parallel", "fp32_grads"):
+        _checked(flag, getattr(layout, name), name)
     if model.heads % layout.tp:
         raise PlanError(
             f"tp={layout.tp} does not divide heads={model.heads} (each GPU needs whole "
@@ -274,7 +308,7 @@ def validate(model: ModelSpec, cluster: Cluster, layout: Layout) -> None:
             f"GPUs ({cluster.nodes} nodes x {cluster.gpus_per_node}); "
             "make the product equal the GPU count"
         )
-    if layout.zero not in (0, 1, 2, 3):
+    if isinstance(layout.zero, bool) or layout.zero not in (0, 1, 2, 3):
         raise PlanError(f"zero={layout.zero!r}: valid ZeRO stages are 0, 1, 2, 3")
     if layout.recompute not in RECOMPUTE:
         raise PlanError(f"recompute={layout.recompute!r}: valid values are {', '.join(RECOMPUTE)}")
@@ -346,13 +380,16 @@ def memory_plan(model: ModelSpec, cluster: Cluster, layout: Layout) -> MemoryPla
 
 
 def plan(model: ModelSpec | str, cluster: Cluster, layout: Layout) -> MemoryPlan:
-    """`memory_plan` for widgets: bad input comes back as `.error` (a message), never raised."""
+    """`memory_plan` for widgets: bad input comes back as `.error` (a message), never raised.
+    A cluster or layout of the wrong type is replaced by the default in the returned plan, so
+    its properties (`gpus`, `fits`, `summary()`) still answer."""
     try:
         spec = model_preset(model) if isinstance(model, str) else model
         return memory_plan(spec, cluster, layout)
     except PlanError as exc:
         spec = model if isinstance(model, ModelSpec) else ModelSpec(str(model), 1, 1, 1)
-        return MemoryPlan(model=spec, cluster=cluster, layout=layout, error=str(exc))
+        return MemoryPlan(model=spec, cluster=cluster if isinstance(cluster, Cluster) else Cluster(),
+                          layout=layout if isinstance(layout, Layout) else Layout(), error=str(exc))
 
 
 def suggest_layout(
@@ -380,6 +417,8 @@ def suggest_layout(
         sequence_parallel=sequence_parallel,
         fp32_grads=fp32_grads,
     )
+    # one layout that uses every GPU as data parallel: names any bad argument before the search
+    validate(spec, cluster, replace(base, dp=cluster.gpus if isinstance(cluster, Cluster) else 1))
     smallest = None
     for nodes in range(1, cluster.nodes + 1):
         used = replace(cluster, nodes=nodes)
@@ -435,9 +474,10 @@ def ideal_schedule(
     units of `forward`. Interleaved 1F1B follows Megatron-LM's order: each GPU holds `chunks`
     model chunks, visited in groups of `stages` micro-batches."""
     p, m = stages, micro_batches
+    _checked(positive, forward, "forward"), _checked(positive, backward, "backward")
     if schedule not in SCHEDULES:
         raise PlanError(f"schedule={schedule!r}: valid values are {', '.join(SCHEDULES)}")
-    if not isinstance(p, int) or p < 1 or not isinstance(m, int) or m < 1:
+    if any(not isinstance(x, int) or isinstance(x, bool) or x < 1 for x in (p, m)):
         raise PlanError(f"stages={p!r}, micro_batches={m!r}: both must be whole numbers >= 1")
     v = chunks if schedule == "interleaved" else 1
     if schedule == "interleaved" and (not isinstance(v, int) or v < 2):
@@ -508,6 +548,10 @@ def ideal_schedule(
 
 def timeline_bubble(events: list[dict]) -> float:
     """Idle fraction of a timeline: 1 - busy time / (stages x makespan)."""
+    events = _checked(records("stage", "start", "end"), events, "events")
+    if any(not (e["end"] >= e["start"]) for e in events) or max(e["end"] for e in events) <= min(
+            e["start"] for e in events):
+        raise PlanError("events must have end >= start and a timeline longer than 0")
     stages = {e["stage"] for e in events}
     t0 = min(e["start"] for e in events)
     span = max(e["end"] for e in events) - t0

@@ -32,10 +32,14 @@ from .formats import (
     value_from_bits,
 )
 from .scaling import (
+    STORAGE_MODES,
     ScalerRecorder,
     VanishingUpdate,
+    fp16_gradient_storage,
     grad_scaler,
     grad_scaler_figure,
+    gradient_storage,
+    gradient_storage_runs,
     vanishing_update_demo,
     vanishing_update_figure,
 )
@@ -59,7 +63,11 @@ SETTINGS = {
         "tiny_d_model": 64, "tiny_layers": 2, "tiny_heads": 2,  # the fresh tiny GPT
         "seq_len": 64, "batch_size": 16, "lr": 3e-3,
         "master_lr": 5e-5,  # Adam's update ~ lr: below half an ulp of most bf16 weights
-        "master_steps": 20,  # pure bf16 steps are slow on a CPU without AMX
+        "master_steps": 6,  # the share of weights that move is the same after 4 or 20 steps
+        "storage_steps": 3,  # the shipped model's training continued, gradients kept 4 ways
+        "storage_batch": 4, "storage_lr": 1e-4,
+        "bf16_budget": 2.5,  # a bf16 run may cost this many fp32 runs; fewer steps if slower
+        "master_steps_least": 4,  # on a CPU that emulates bf16 (AVX2 only)
     },
     "gpu": {
         "grad_sigma": 1e-6,
@@ -79,12 +87,17 @@ SETTINGS = {
         "seq_len": 256, "batch_size": 32, "lr": 2e-3,
         "master_lr": 5e-5,
         "master_steps": 200,
+        "storage_steps": 20,
+        "storage_batch": 16, "storage_lr": 1e-4,
+        "bf16_budget": 2.5,
+        "master_steps_least": 20,
     },
 }
 
 __all__ = [
     "FORMAT_NAMES",
     "SETTINGS",
+    "STORAGE_MODES",
     "Decomposition",
     "Format",
     "RangeShares",
@@ -97,10 +110,13 @@ __all__ = [
     "decompose_table",
     "format_table",
     "format_zones",
+    "fp16_gradient_storage",
     "fp16_underflow_share_analytic",
     "get_format",
     "grad_scaler",
     "grad_scaler_figure",
+    "gradient_storage",
+    "gradient_storage_runs",
     "highlight_shapes",
     "kind_of",
     "log_histogram",

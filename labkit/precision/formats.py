@@ -14,7 +14,9 @@ from functools import cache
 
 import torch
 
+from .. import validate
 from ..errors import LabkitError
+from ..validate import checks, ints, maybe, positive_int, tensors, text
 
 FORMAT_NAMES = ("fp32", "tf32", "fp16", "bf16", "fp8_e4m3fn", "fp8_e5m2")
 
@@ -90,6 +92,7 @@ def _from_pattern(pattern: int, dtype: torch.dtype, storage_bits: int) -> float:
     return float(torch.tensor([signed], dtype=_INT_VIEW[storage_bits]).view(dtype).item())
 
 
+@checks(x=tensors())
 def round_to_tf32(x: torch.Tensor) -> torch.Tensor:
     """fp32 values rounded to TF32's 10 mantissa bits, round-to-nearest-even (inf/nan kept)."""
     x32 = x.to(torch.float32)
@@ -152,11 +155,33 @@ def get_format(fmt: str | torch.dtype | Format) -> Format:
         return fmt
     key = str(fmt).strip().lower().replace(" ", "_").replace("-", "_")
     name = _ALIASES.get(key) or _ALIASES.get(key.replace("fp8_", ""))
-    if name is None:
+    if name is None or not isinstance(fmt, (str, torch.dtype)):
         raise LabkitError(f"unknown format {fmt!r}; valid: {', '.join(FORMAT_NAMES)}")
     return _build(name)
 
 
+def _format(value, name: str) -> Format:
+    """get_format, its refusal naming the caller's argument (fmt, formats[1], highlight...)."""
+    try:
+        return get_format(value)
+    except LabkitError:
+        raise LabkitError(f"unknown format {name}={value!r}; valid: {', '.join(FORMAT_NAMES)}") from None
+
+
+def _formats(value, name: str) -> list[Format]:
+    if isinstance(value, (str, torch.dtype, Format)):  # one format where a list belongs
+        raise LabkitError(f"{name} must be a list of formats, e.g. ('fp16', 'bf16'), got {value!r}")
+    return [_format(f, f"{name}[{i}]") for i, f in enumerate(validate.items(value, name, what="formats"))]
+
+
+def _real(value, name: str) -> float:
+    """Any real number, nan and inf included (what a format stores for them is the lesson)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise LabkitError(f"{name} must be a number (nan and inf allowed), got {value!r}")
+    return float(value)
+
+
+@checks(formats=_formats)
 def format_table(formats=FORMAT_NAMES):
     """One row per format with its bits, range and epsilon, read from the running torch."""
     import pandas as pd
@@ -189,6 +214,7 @@ def _probe(name: str, device: str) -> str | None:
     return None if back.tolist() == [1.5, -0.25] else "values do not round-trip"
 
 
+@checks(fmt=_format, device=validate.device)
 def check_format_on_device(fmt, device: str | torch.device = "cpu") -> Format:
     """The format, or a LabkitError saying this device cannot store it."""
     f = get_format(fmt)
@@ -206,6 +232,7 @@ def check_format_on_device(fmt, device: str | torch.device = "cpu") -> Format:
 # -- casting and decomposing ---------------------------------------------------------------------
 
 
+@checks(x=tensors(), fmt=_format)
 def cast(x: torch.Tensor, fmt) -> torch.Tensor:
     """x stored in `fmt` (a tensor of fmt's storage dtype), exactly as torch casts it."""
     f = get_format(fmt)
@@ -218,6 +245,7 @@ def cast(x: torch.Tensor, fmt) -> torch.Tensor:
                           f"{str(exc).splitlines()[0]}") from exc
 
 
+@checks(stored=_real, fmt=_format)
 def kind_of(stored: float, fmt) -> str:
     """'zero', 'subnormal', 'normal', 'inf' or 'nan' for a value the format holds."""
     f = get_format(fmt)
@@ -230,6 +258,7 @@ def kind_of(stored: float, fmt) -> str:
     return "subnormal" if abs(stored) < f.min_normal else "normal"
 
 
+@checks(value=_real, fmt=_format)
 def overflows(value: float, fmt) -> bool:
     """Whether |value| lies beyond what round-to-nearest can bring back to max."""
     f = get_format(fmt)
@@ -256,6 +285,7 @@ class Decomposition:
         return asdict(self)
 
 
+@checks(fmt=_format, device=validate.device)
 def decompose(value: float, fmt, device: str | torch.device = "cpu") -> Decomposition:
     """The bits `fmt` stores for `value`, the value they mean, the rounding error and its class."""
     try:
@@ -296,6 +326,7 @@ def decompose(value: float, fmt, device: str | torch.device = "cpu") -> Decompos
                          rel_error=rel_error, kind=kind, note=note)
 
 
+@checks(value=_real, formats=_formats, device=validate.device)
 def decompose_table(value: float, formats=FORMAT_NAMES, device: str | torch.device = "cpu"):
     """decompose() for each format, one row each."""
     import pandas as pd
@@ -304,12 +335,16 @@ def decompose_table(value: float, formats=FORMAT_NAMES, device: str | torch.devi
     return pd.DataFrame(rows).set_index("format")
 
 
+@checks(fmt=_format)
 def value_from_bits(sign: str, exponent: str, mantissa: str, fmt) -> float:
     """The number a bit pattern means, by the IEEE-754 formula (fn formats: no inf, one nan).
 
     Normal: (-1)^s * 2^(E - bias) * (1 + M / 2^m); subnormal (E = 0): 2^(1 - bias) * M / 2^m.
     """
     f = get_format(fmt)
+    for name, bits in (("sign", sign), ("exponent", exponent), ("mantissa", mantissa)):
+        if not isinstance(bits, str) or set(bits) - {"0", "1"}:
+            raise LabkitError(f"{name} must be a string of 0s and 1s, got {bits!r}")
     if (len(sign), len(exponent), len(mantissa)) != (1, f.exponent_bits, f.mantissa_bits):
         raise LabkitError(f"{f.name} has 1/{f.exponent_bits}/{f.mantissa_bits} sign/exponent/"
                           f"mantissa bits, got {len(sign)}/{len(exponent)}/{len(mantissa)}")
@@ -326,6 +361,7 @@ def value_from_bits(sign: str, exponent: str, mantissa: str, fmt) -> float:
     return -magnitude if s else magnitude
 
 
+@checks(value=_real, fmt=_format)
 def ulp(value: float, fmt) -> float:
     """Gap from |value| (as stored in fmt) to the next larger value of the format."""
     f = get_format(fmt)
@@ -359,6 +395,7 @@ class RangeShares:
         return asdict(self)
 
 
+@checks(max_values=maybe(positive_int), seed=ints(0))
 def sample_values(x: torch.Tensor, max_values: int | None = None, seed: int = 0) -> torch.Tensor:
     """The finite values of x, flattened; with max_values, a seeded sample of that many draws.
 
@@ -380,6 +417,7 @@ def sample_values(x: torch.Tensor, max_values: int | None = None, seed: int = 0)
     return flat if flat.dtype == torch.float64 else flat.to(torch.float32)
 
 
+@checks(values=tensors("float", nonempty=True, finite=True), fmt=_format)
 def sample_shares(values: torch.Tensor, fmt) -> RangeShares:
     """range_shares of values already taken by sample_values (no second filtering or sampling)."""
     f = get_format(fmt)
@@ -404,6 +442,7 @@ def sample_shares(values: torch.Tensor, fmt) -> RangeShares:
     )
 
 
+@checks(fmt=_format)
 def range_shares(x: torch.Tensor, fmt, max_values: int | None = None, seed: int = 0
                  ) -> RangeShares:
     """What happens to the finite values of x stored in fmt, as shares of all of them.
@@ -416,6 +455,7 @@ def range_shares(x: torch.Tensor, fmt, max_values: int | None = None, seed: int 
     return sample_shares(sample_values(x, max_values, seed), fmt)
 
 
+@checks(formats=_formats)
 def range_shares_table(x: torch.Tensor, formats=FORMAT_NAMES, max_values: int | None = None,
                        seed: int = 0):
     """range_shares() for each format (one sample shared by all), one row each."""
@@ -426,6 +466,7 @@ def range_shares_table(x: torch.Tensor, formats=FORMAT_NAMES, max_values: int | 
     return pd.DataFrame(rows).set_index("format")
 
 
+@checks(fmt=_format)
 def underflow_share_analytic(sigma: float, fmt="fp16") -> dict[str, float]:
     """Shares of a zero-mean normal N(0, sigma^2) that fmt flushes to zero or stores subnormal.
 
@@ -453,6 +494,14 @@ ZONE_COLOURS = {"flushes to zero": "#d62728", "subnormal (fewer bits)": "#ff9f1c
                 "normal range": "#2ca02c", "overflows": "#7b1fa2"}
 
 
+def _x_range(value, name: str) -> tuple[float, float]:
+    lo, hi = validate.pairs(validate.finite, validate.finite)([value], name)[0]
+    if lo >= hi:
+        raise LabkitError(f"{name}={value!r} must be (low, high) with low < high (log10 units)")
+    return lo, hi
+
+
+@checks(x=tensors("float"), bins=positive_int, x_range=_x_range)
 def log_histogram(x: torch.Tensor, bins: int = 190, x_range: tuple[float, float] = X_RANGE):
     """Counts of log10|x| over the nonzero finite values, plus the number of exact zeros.
 
@@ -469,6 +518,7 @@ def log_histogram(x: torch.Tensor, bins: int = 190, x_range: tuple[float, float]
     return centres, counts.tolist(), zeros
 
 
+@checks(fmt=_format)
 def format_zones(fmt) -> dict[str, tuple[float, float]]:
     """log10|x| intervals where fmt flushes to zero, stores subnormals, is normal, overflows."""
     f = get_format(fmt)
@@ -486,6 +536,8 @@ def _ticks(lo: float, hi: float, every: int = 10):
     return vals, [f"1e{v}" for v in vals]
 
 
+@checks(x=maybe(tensors("float")), formats=_formats, highlight=maybe(_format),
+        value=maybe(_real), bins=positive_int, title=maybe(text), name=text)
 def range_figure(x: torch.Tensor | None = None, formats=FORMAT_NAMES, *, highlight="fp16",
                  value: float | None = None, bins: int = 190, title: str | None = None,
                  name: str = "values"):
@@ -530,6 +582,7 @@ def highlight_shapes(fmt) -> list[dict]:
     """Shaded rectangles on the histogram for fmt's underflow, subnormal and overflow zones."""
     if fmt is None:
         return []
+    fmt = _format(fmt, "fmt").name
     shapes = []
     for zone, (lo, hi) in format_zones(fmt).items():
         if zone == "normal range":

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import validate
 from ..errors import LabkitError
 
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16,
@@ -123,6 +124,55 @@ def _time_matmul(device: str, name: str, n: int, repeats: int) -> tuple[float, s
             torch.backends.cuda.matmul.allow_tf32 = old
 
 
+def bf16_slowdown(model, batch: dict, repeats: int = 1) -> float:
+    """How many times longer a forward and backward pass of `model` on `batch` takes under bf16
+    autocast than in fp32, on this device: the one-off timing a lab uses to size its bf16 runs.
+
+    CPUs with native bf16 (AVX512-BF16, AMX) or oneDNN's AVX-512 kernels run the lab's tiny
+    model about 1-2x slower in bf16 than in fp32; an AVX2-only CPU has no bf16 matrix kernels
+    and takes about 7x as long. CPU time of this process on a CPU (a busy shared machine's wall
+    clock also counts other processes), CUDA-synchronised wall time on a GPU.
+    """
+    validate.positive_int(repeats, "repeats")
+    device = next(model.parameters()).device.type
+    cuda = device == "cuda"
+
+    def one(dtype):
+        with torch.autocast(device, dtype=dtype, enabled=dtype is not None):
+            loss = model(**batch).loss
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    def clock():
+        if cuda:
+            torch.cuda.synchronize()
+            return time.perf_counter()
+        return time.process_time()
+
+    seconds = {}
+    for dtype in (None, torch.bfloat16):
+        one(dtype)  # warm-up: kernel selection, allocator
+        start = clock()
+        for _ in range(repeats):
+            one(dtype)
+        seconds[dtype] = clock() - start
+    return seconds[torch.bfloat16] / max(seconds[None], 1e-9)
+
+
+def steps_within(steps: int, slowdown: float, budget: float = 2.5, least: int = 5,
+                 multiple: int = 5) -> int:
+    """The step count of a run that is `slowdown` times slower than fp32: all `steps` when
+    slowdown <= budget, else as many as fit in `budget` fp32 runs' time, rounded down to a
+    `multiple` (so the logged steps line up with fp32's) and never fewer than `least`."""
+    validate.positive_int(steps, "steps"), validate.positive(budget, "budget")
+    validate.positive_int(least, "least"), validate.positive(slowdown, "slowdown")
+    validate.positive_int(multiple, "multiple")
+    if slowdown <= budget:
+        return steps
+    fitted = int(steps * budget / slowdown) // multiple * multiple
+    return min(steps, max(least, fitted))
+
+
 class PeakMemory:
     """Peak memory of a block: torch's allocator on CUDA, resident set size (sampled) on CPU."""
 
@@ -194,7 +244,7 @@ def pure_low_precision_step(model, batch, optimizer) -> float:
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(loss)
+    return float(loss.detach())
 
 
 def changed_share(before: dict[str, torch.Tensor], model) -> float:

@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .. import validate
 from ..errors import LabkitError
-from .formats import cast, get_format, ulp
+from ..validate import checks, of_type
+from .formats import _format, cast, get_format, ulp
 
 
 @dataclass
@@ -54,6 +56,7 @@ def _add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return (a.float() + b.float()).to(a.dtype)
 
 
+@checks(dtype=_format)
 def vanishing_update_demo(weight: float = 1.0, update: float = 1e-4, dtype="bf16",
                           steps: int = 100) -> VanishingUpdate:
     """Add `update` to `weight` `steps` times, keeping the weight in dtype vs in an fp32 master.
@@ -68,7 +71,7 @@ def vanishing_update_demo(weight: float = 1.0, update: float = 1e-4, dtype="bf16
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise LabkitError(f"steps={steps!r} is out of range; valid: a whole number >= 1")
     for name, v in (("weight", weight), ("update", update)):
-        if not isinstance(v, (int, float)) or not math.isfinite(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise LabkitError(f"{name}={v!r} is not a finite number")
     w_low = cast(torch.tensor([float(weight)]), f)
     u_low = cast(torch.tensor([float(update)]), f)
@@ -86,6 +89,7 @@ def vanishing_update_demo(weight: float = 1.0, update: float = 1e-4, dtype="bf16
                            master_cast=master_cast)
 
 
+@checks(result=of_type(VanishingUpdate))
 def vanishing_update_figure(result: VanishingUpdate, *, title: str | None = None):
     """The 16-bit weight (flat) next to the fp32 master and its 16-bit copy, vs step."""
     import plotly.graph_objects as go
@@ -116,6 +120,9 @@ class ScalerRecorder:
     scaler: torch.amp.GradScaler
     rows: list[dict] = field(default_factory=list)
 
+    def __post_init__(self):
+        of_type(torch.amp.GradScaler, "torch.amp.GradScaler (see grad_scaler)")(self.scaler, "scaler")
+
     def step(self, optimizer, loss: float | torch.Tensor | None = None) -> bool:
         """scaler.step(optimizer) and scaler.update(); returns whether the step was skipped."""
         scale = float(self.scaler.get_scale())
@@ -139,16 +146,39 @@ class ScalerRecorder:
                                                 "scale_after"]).set_index("step")
 
 
+_SCALER_OPTIONS = {
+    "init_scale": validate.positive,
+    "growth_factor": validate.nums(1.0, low_open=True),
+    "backoff_factor": validate.nums(0.0, 1.0, low_open=True, high_open=True),
+    "growth_interval": validate.positive_int,
+    "enabled": validate.flag,
+}
+
+
 def grad_scaler(device: str = "cpu", **kwargs) -> torch.amp.GradScaler:
     """torch.amp.GradScaler for device; on CUDA-less machines 'cuda' would silently disable it."""
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise LabkitError("GradScaler('cuda') disables itself without CUDA; valid here: 'cpu'")
+    if isinstance(device, str) and device.startswith("cuda") and not torch.cuda.is_available():
+        raise LabkitError("GradScaler('cuda') disables itself without CUDA; valid here: device='cpu'")
+    validate.device(device, "device")
+    for key, value in kwargs.items():
+        if key not in _SCALER_OPTIONS:
+            raise LabkitError(f"unknown GradScaler option {key}={value!r}; valid: {', '.join(_SCALER_OPTIONS)}")
+        _SCALER_OPTIONS[key](value, key)
     return torch.amp.GradScaler(device, **kwargs)
 
 
 def grad_scaler_figure(history, *, title: str = "Dynamic loss scale (GradScaler)"):
     """log2 of the loss scale per step, skipped steps (inf/nan gradients) marked."""
+    import pandas as pd
     import plotly.graph_objects as go
+
+    if isinstance(history, ScalerRecorder):
+        history = history.history()
+    if not isinstance(history, pd.DataFrame) or not {"scale", "found_inf"} <= set(history):
+        raise LabkitError("history must be ScalerRecorder.history() (a DataFrame with scale and "
+                          f"found_inf), got {type(history).__name__}")
+    if not (history["scale"] > 0).all():
+        raise LabkitError("history scale must be > 0 at every step (log2 is drawn)")
 
     steps = list(history.index)
     fig = go.Figure()
@@ -165,10 +195,13 @@ def grad_scaler_figure(history, *, title: str = "Dynamic loss scale (GradScaler)
     return fig
 
 
-class fp16_gradient_storage:
-    """Within the block, every parameter gradient is stored in fp16 and read back: values above
-    65504 become inf, values below 2^-25 become 0, the rest lose mantissa bits, as in an fp16
-    backward pass. The forward and backward arithmetic stay in the model's dtype.
+class gradient_storage:
+    """Within the block, every parameter gradient is stored in a 16-bit format and read back
+    (fp16: values above 65504 become inf, values below 2^-25 become 0, the rest lose mantissa
+    bits, as in an fp16 backward pass; bf16: fp32's range, 8 bits of precision). The forward and
+    backward arithmetic stay in the model's dtype. `flushed` and `nonzero` count, since the block
+    was entered, the gradient values that were nonzero before storage and those of them that the
+    format turned into zero (underflow).
 
     Why: CPUs without fp16 matrix units run fp16 matmuls 50-500x slower than fp32 (lab 04's
     throughput table measures it), so a CPU cannot afford a real fp16 autocast run of more than a
@@ -176,19 +209,102 @@ class fp16_gradient_storage:
     at fp32 speed. On a GPU the lab uses real fp16 autocast instead.
     """
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, dtype="fp16"):
+        validate.model(model)
+        self.format = _format(dtype, "dtype")
+        if self.format.name not in ("fp16", "bf16"):
+            raise LabkitError(f"dtype={dtype!r}: gradients can be stored in fp16 or bf16 here")
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
-            raise LabkitError("the model has no trainable parameters whose gradients could be stored in fp16")
+            raise LabkitError(f"the model has no trainable parameters whose gradients could be "
+                              f"stored in {self.format.name}")
+        self.flushed = self.nonzero = 0
 
-    @staticmethod
-    def _round(grad: torch.Tensor) -> torch.Tensor:
-        return grad.to(torch.float16).to(grad.dtype)
+    def _round(self, grad: torch.Tensor) -> torch.Tensor:
+        stored = grad.to(self.format.dtype)
+        nonzero = grad != 0
+        self.nonzero += int(nonzero.sum())
+        self.flushed += int((nonzero & (stored == 0)).sum())
+        return stored.to(grad.dtype)
+
+    @property
+    def flushed_share(self) -> float:
+        """Share of the nonzero gradient values that the format flushed to zero."""
+        return self.flushed / self.nonzero if self.nonzero else 0.0
 
     def __enter__(self):
+        self.flushed = self.nonzero = 0
         self.handles = [p.register_hook(self._round) for p in self.params]
         return self
 
     def __exit__(self, *exc):
         for h in self.handles:
             h.remove()
+
+
+def fp16_gradient_storage(model: torch.nn.Module) -> gradient_storage:
+    """`gradient_storage(model, "fp16")`: every gradient stored in fp16 within the block."""
+    return gradient_storage(model, "fp16")
+
+
+STORAGE_MODES = ("fp32", "bf16", "fp16", "fp16+scaler")
+
+
+def _storage_modes(value, name: str) -> tuple:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
+        raise LabkitError(f"{name} must be a non-empty list of: {', '.join(STORAGE_MODES)}")
+    bad = [m for m in value if m not in STORAGE_MODES]
+    if bad:
+        raise LabkitError(f"{name}: unknown {bad}; valid: {', '.join(STORAGE_MODES)}")
+    return tuple(value)
+
+
+def gradient_storage_runs(model: torch.nn.Module, batches, *, lr: float = 1e-4,
+                          modes=STORAGE_MODES, init_scale: float = 2.0**16):
+    """Continue training a copy of `model` on the same `batches` once per mode, and record per
+    step the loss and the share of gradient values the storage format flushed to zero.
+
+    Modes: "fp32" (the reference), "bf16" and "fp16" (every gradient stored in that format, no
+    loss scaling), "fp16+scaler" (stored in fp16, loss scaled by torch.amp.GradScaler starting
+    at `init_scale`). The arithmetic is the model's own (fp32), so the modes differ only in the
+    range and precision the gradients are kept in: exactly the question loss scaling answers.
+    Returns one row per mode and step: loss, flushed_share, scale, skipped.
+    """
+    import copy
+
+    import pandas as pd
+
+    validate.model(model)
+    validate.positive(lr, "lr")
+    validate.positive(init_scale, "init_scale")
+    modes = _storage_modes(modes, "modes")
+    batches = list(batches) if isinstance(batches, (list, tuple)) else None
+    if not batches or not all(isinstance(b, dict) for b in batches):
+        raise LabkitError("batches must be a non-empty list of model inputs (dicts with "
+                          "input_ids and labels)")
+    device = next(model.parameters()).device.type
+    rows = []
+    for mode in modes:
+        m = copy.deepcopy(model).train()
+        opt = torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=0.0)
+        scaler = grad_scaler(device, init_scale=init_scale) if mode == "fp16+scaler" else None
+        storage = None if mode == "fp32" else gradient_storage(m, mode.split("+")[0])
+        for step, batch in enumerate(batches):
+            loss = m(**batch).loss
+            scale = float(scaler.get_scale()) if scaler else 1.0
+            if storage is None:
+                loss.backward()
+            else:
+                with storage:
+                    (scaler.scale(loss) if scaler else loss).backward()
+            if scaler:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            opt.zero_grad(set_to_none=True)
+            rows.append({"mode": mode, "step": step, "loss": float(loss.detach()),
+                         "flushed_share": storage.flushed_share if storage else 0.0,
+                         "scale": scale,
+                         "skipped": bool(scaler and scaler.get_scale() < scale)})
+    return pd.DataFrame(rows)

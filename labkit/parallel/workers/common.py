@@ -66,8 +66,14 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+_SERVING: Ctx | None = None  # set by serve.py: the group stays up between the jobs it runs
+
+
 def setup() -> Ctx:
-    """Join the process group: NCCL when every local rank has its own GPU, else gloo on CPU."""
+    """Join the process group: NCCL when every local rank has its own GPU, else gloo on CPU.
+    Inside a worker group (serve.py) the group is already there: the job joins it."""
+    if _SERVING is not None:
+        return _SERVING
     _exit_with_parent()
     if hasattr(signal, "SIGUSR1"):  # `launch` asks for the stack of a rank that hangs
         faulthandler.register(signal.SIGUSR1, all_threads=False)
@@ -149,27 +155,20 @@ def run(main) -> None:
         # a rank that tears down while a slower peer is still connecting breaks the peer's
         # connection ("Connection closed by peer"): leave together
         dist.barrier()
-        dist.destroy_process_group()
+        if _SERVING is None:  # a job of a worker group leaves the group up for the next one
+            dist.destroy_process_group()
     sys.stdout.flush()
 
 
 def tiny_model(args, seed: int | None = None, device="cpu", untie: bool = False):
-    """The lab's tiny Llama, identical on every rank (same seed). `untie` gives the output
-    layer its own copy of the embedding matrix (for pipeline stages)."""
-    from labkit.models import ModelShape, build_causal_lm
+    """The lab's tiny Llama (workers/model.py), identical on every rank (same seed). `untie`
+    gives the output layer its own copy of the embedding matrix (for pipeline stages)."""
+    from labkit.parallel.workers.model import TinyLlama
 
-    shape = ModelShape(
-        d_model=args.d_model,
-        n_layer=args.n_layer,
-        n_head=args.n_head,
-        max_len=max(256, args.seq + 1),
-    )
-    model = build_causal_lm(
-        args.vocab, shape, seed=args.seed if seed is None else seed, attn_implementation="sdpa"
-    )
+    torch.manual_seed(args.seed if seed is None else seed)
+    model = TinyLlama(args.vocab, args.d_model, args.n_layer, args.n_head)
     if untie:
         model.lm_head.weight = torch.nn.Parameter(model.model.embed_tokens.weight.detach().clone())
-        model.config.tie_word_embeddings = False
     return model.to(device)
 
 
@@ -204,13 +203,15 @@ def flat_grads(model) -> torch.Tensor:
     return torch.cat([p.grad.detach().flatten().cpu() for p in model.parameters()])
 
 
-def train_single(args, steps: int | None = None, untie: bool = False):
+def train_single(args, steps: int | None = None, untie: bool = False, step_s: list | None = None):
     """The reference: one process, the whole global batch each step.
-    Returns (model, losses, the gradients of step 0 flattened)."""
+    Returns (model, losses, the gradients of step 0 flattened); `step_s` collects each step's
+    wall time in seconds."""
     model = tiny_model(args, untie=untie)
     opt = make_optimizer(model.parameters(), args)
     losses, grads0 = [], None
     for step in range(args.steps if steps is None else steps):
+        t0 = time.perf_counter()
         loss = lm_loss(model, token_batch(step, args.batch, args.seq, args.vocab, args.seed))
         opt.zero_grad()
         loss.backward()
@@ -218,6 +219,8 @@ def train_single(args, steps: int | None = None, untie: bool = False):
             grads0 = flat_grads(model)
         opt.step()
         losses.append(loss.item())
+        if step_s is not None:
+            step_s.append(time.perf_counter() - t0)
     return model, losses, grads0
 
 

@@ -100,8 +100,13 @@ def main():
         "tokens_per_s": args.batch * args.seq * len(timed) / sum(timed),
     }
     if ctx.rank == 0:
-        ref_model, ref_losses, ref_grads0 = train_single(args)
+        # the same job in one process (the other ranks wait idle at the final barrier): its
+        # throughput is the baseline the data-parallel tokens/s compare with
+        single_s = []
+        ref_model, ref_losses, ref_grads0 = train_single(args, step_s=single_s)
         ref = torch.cat([p.detach().flatten() for p in ref_model.parameters()])
+        timed_single = single_s[1:] or single_s
+        result["tokens_per_s_single"] = args.batch * args.seq * len(timed_single) / sum(timed_single)
         result["single_losses"] = ref_losses
         result["max_grad_diff_step0"] = (grads0 - ref_grads0).abs().max().item()
         result["max_weight_diff"] = (weights - ref).abs().max().item()

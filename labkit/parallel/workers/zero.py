@@ -110,20 +110,20 @@ def main():
         raise SystemExit(f"--modes: unknown {bad}; valid: {', '.join(MODES)}")
     ctx = setup()
     params = sum(p.numel() for p in tiny_model(args).parameters())
-    log(
-        f"{params:,} parameters on {ctx.world} ranks; bytes held by each rank (measured / formula):"
-    )
+    log(f"{params:,} parameters on {ctx.world} ranks; bytes rank 0 holds during a step:")
     out = {"world": ctx.world, "parameters": params, "modes": {}}
     for mode in modes:
         res = train_and_measure(mode, args, ctx)
         res["formula"] = formula(mode, params, ctx.world)
         out["modes"][mode] = res
         m, f = res["measured"], res["formula"]
-        log(
-            f"  {mode:<6} params {m['parameters_in_step']:>8,} / {f['parameters']:>10,.0f}  "
-            f"grads {m['gradients']:>8,} / {f['gradients']:>10,.0f}  "
-            f"Adam {m['optimizer']:>9,} / {f['optimizer']:>10,.0f}  "
-            f"final loss {res['losses'][-1]:.4f}"
+        same = all(
+            m["parameters_in_step" if k == "parameters" else k] == int(v) for k, v in f.items()
+        )
+        log(  # short lines: a notebook wraps wide ones mid-number
+            f"  {mode:<6} params {m['parameters_in_step']:>9,} grads {m['gradients']:>9,} "
+            f"Adam {m['optimizer']:>9,} {'= formula' if same else '~ formula'}, "
+            f"loss {res['losses'][-1]:.4f}"
         )
     save_result(out)
 

@@ -17,7 +17,6 @@ from labkit.align.reward import (
     annotation_batch,
     check_same_tokenizer,
     freeze_below,
-    length_bucketed_order,
     reward_accuracy,
     reward_distribution_figure,
     reward_function,
@@ -28,6 +27,7 @@ from labkit.align.reward import (
     score_reward_pairs,
     train_reward_model,
 )
+from labkit.align.sft import length_bucketed_order
 from labkit.errors import LabkitError
 from labkit.loaders import load_model, load_records, load_tokenizer
 

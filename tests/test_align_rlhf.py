@@ -294,3 +294,48 @@ def test_best_of_n_sweep_nests_its_samples(sft, tok):
     assert alone.table.equals(sweep[8].table)
     with pytest.raises(LabkitError, match="ns is empty"):
         best_of_n_sweep(sft, tok, PROMPTS, words, ns=(), max_new_tokens=4)
+
+
+def test_the_starting_model_is_not_measured_against_itself(sft, tok, monkeypatch):
+    """compare_policies' row for the reference itself has KL exactly 0, without scoring it
+    twice (rollout_kl is never called for it)."""
+    import labkit.align.rlhf as rlhf
+
+    calls = []
+    real = rlhf.rollout_kl
+    monkeypatch.setattr(rlhf, "rollout_kl", lambda *a, **k: calls.append(1) or real(*a, **k))
+    other = copy.deepcopy(sft)
+    table = compare_policies({"SFT": sft, "copy": other}, sft, tok, PROMPTS, words,
+                             max_new_tokens=8, seed=0)
+    assert table.loc["SFT", "kl"] == 0.0 and len(calls) == 1
+    # a copy with the same weights is another model: measured, and its KL is ~0 too
+    assert table.loc["copy", "kl"] == pytest.approx(0.0, abs=1e-4)
+
+
+def test_ppo_figure_panels_do_not_share_a_row_when_there_are_four(length_run):
+    """Four long subplot titles in one row overprint each other at a notebook's width: the
+    figure with the true score is a 2 x 2 grid, and every panel title is short."""
+    fig = ppo_curves_figure({"a": length_run.history}, true_score=True)
+    titles = [a for a in fig.layout.annotations]
+    assert len(titles) == 4 and all(len(a.text) <= 24 for a in titles)
+    rows = sorted({round(a.y, 3) for a in titles})
+    assert len(rows) == 2  # two titles per row
+    empty = ppo_curves_figure({"a": length_run.history.iloc[:0]}, true_score=True)
+    assert len(empty.data) == 4  # the live figure starts with no rows
+
+
+def test_judge_breakdown_names_the_check_that_failed():
+    from labkit.align import judge_breakdown
+
+    question, (subject, _, obj) = next(iter(fact_index()["questions"].items()))
+    good = f"The answer is {obj}."
+    table = judge_breakdown([question, question], {
+        "good": [good, good],
+        "rude": [good, f"Ugh, obviously {obj}."],
+        "looping": [good, " ".join([obj, "is", "the", "answer"] * 6)]})
+    assert list(table.index) == ["good", "rude", "looping"]
+    assert table.loc["good"].tolist() == [1.0] * 6
+    assert table.loc["rude", "polite"] == 0.5 and table.loc["rude", "score"] == 0.5
+    assert table.loc["looping", "no_repetition"] == 0.5 and table.loc["looping", "polite"] == 1.0
+    with pytest.raises(LabkitError, match="responses"):
+        judge_breakdown([question], {"x": "not a list"})

@@ -29,6 +29,7 @@ from labkit.align.sft import (
     sft_train,
     sft_trainer,
     summarize_answers,
+    training_stream,
 )
 from labkit.errors import LabkitError
 from labkit.loaders import embedded_paths, load_model, load_records, load_tokenizer
@@ -127,9 +128,13 @@ def test_all_tokens_carry_loss_without_assistant_only(tok):
 
 def test_trl_builds_the_same_labels(tok, tiny, curated):
     convs = [r["messages"] for r in curated[:6]] + [MULTI]
-    trainer = sft_trainer(copy.deepcopy(tiny), tok, convs, steps=1, lr=1e-3, batch_size=2)
+    trainer = sft_trainer(copy.deepcopy(tiny), tok, convs, steps=2, lr=1e-3, batch_size=4)
     got = trainer.train_dataset["labels"]
-    assert got == [assistant_mask(tok, c).labels for c in convs]
+    # the trainer sees the conversations in training_stream's order: steps x batch_size of them
+    stream = training_stream(len(convs), lambda i: len(assistant_mask(tok, convs[i]).labels),
+                             batch_size=4, steps=2, seed=0)
+    assert len(got) == 8 and set(stream) == set(range(len(convs)))
+    assert got == [assistant_mask(tok, convs[i]).labels for i in stream]
 
 
 def test_loss_token_share_and_figure(tok, curated):
@@ -452,3 +457,86 @@ def test_other_bad_input(tok, tiny):
         evaluate_answers(tiny, tok, [{"question": "Who?"}])
     with pytest.raises(LabkitError, match="context"):
         generate_answers(tiny, tok, ["Who invented the nispump?"], max_new_tokens=300)
+
+
+def test_mixed_precision_follows_the_card_not_its_emulation(monkeypatch):
+    """torch.cuda.is_bf16_supported() says True on a T4 (emulated bf16); the trainers ask
+    labkit.env.cuda_has_bf16 (native only) and honour LABKIT_NO_BF16, as the profile does."""
+    import labkit.env
+    from labkit.align.sft import mixed_precision
+
+    monkeypatch.delenv("LABKIT_NO_BF16", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # what a T4 says
+    monkeypatch.setattr(labkit.env, "cuda_has_bf16", lambda: False)  # what it computes natively
+    assert mixed_precision("cuda") == {"bf16": False, "fp16": True}
+    monkeypatch.setattr(labkit.env, "cuda_has_bf16", lambda: True)  # an A100
+    assert mixed_precision("cuda:0") == {"bf16": True, "fp16": False}
+    monkeypatch.setenv("LABKIT_NO_BF16", "1")  # the T4 path, forced on a card with bf16
+    assert mixed_precision("cuda") == {"bf16": False, "fp16": True}
+    assert mixed_precision("cpu") == {"bf16": False, "fp16": False}  # fp32 on CPU
+    assert mixed_precision("cuda", bf16=True) == {"bf16": True, "fp16": False}  # asked for
+    assert mixed_precision("cuda", bf16=False) == {"bf16": False, "fp16": False}
+
+
+def test_no_trainer_asks_torch_whether_bf16_is_supported():
+    from pathlib import Path
+
+    import labkit.align
+
+    for path in Path(labkit.align.__file__).parent.glob("*.py"):
+        code = [line for line in path.read_text().splitlines()
+                if not line.lstrip().startswith("#")]
+        assert not any("is_bf16_supported(" in line and "not asked" not in line
+                       for line in code), path.name
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(1, 300), min_size=1, max_size=40),
+       batch=st.integers(1, 8), steps=st.integers(1, 12), seed=st.integers(0, 50))
+def test_training_stream_is_whole_epochs_of_length_buckets(lengths, batch, steps, seed):
+    from labkit.align.sft import training_stream
+
+    asked = []
+    stream = training_stream(len(lengths), lambda i: asked.append(i) or lengths[i],
+                             batch_size=batch, steps=steps, seed=seed)
+    assert len(stream) == steps * batch
+    assert len(asked) == len(set(asked)) <= len(lengths)  # each length computed once, if drawn
+    n = len(lengths)
+    for start in range(0, len(stream), n):  # every epoch draws each item at most once
+        epoch = stream[start:start + n]
+        assert len(set(epoch)) == len(epoch)
+    assert training_stream(len(lengths), lengths.__getitem__, batch_size=batch, steps=steps,
+                           seed=seed) == stream  # seeded
+
+
+def test_training_stream_pads_less_than_random_batches():
+    from labkit.align.sft import training_stream
+
+    lengths = [random.Random(i).choice([12, 20, 30, 45, 60, 150]) for i in range(256)]
+    stream = training_stream(len(lengths), lengths.__getitem__, batch_size=8, steps=32, seed=0)
+    batches = [stream[i:i + 8] for i in range(0, len(stream), 8)]
+    padded = sum(8 * max(lengths[i] for i in b) for b in batches)
+    assert padded / sum(lengths[i] for b in batches for i in b) < 1.1
+    shuffled = random.Random(0).sample(range(256), 256)
+    random_padded = sum(8 * max(lengths[i] for i in shuffled[k:k + 8]) for k in range(0, 256, 8))
+    assert random_padded / sum(lengths) > 1.5
+    # the batches come in a random order, not shortest first
+    firsts = [max(lengths[i] for i in b) for b in batches]
+    assert firsts != sorted(firsts)
+
+
+def test_sft_trainer_trains_on_the_stream(tok, tiny, curated):
+    trainer = sft_trainer(copy.deepcopy(tiny), tok, curated[:40], steps=3, lr=1e-3,
+                          batch_size=4, seed=0)
+    assert len(trainer.train_dataset) == 12  # exactly steps x batch_size conversations
+    assert trainer.args.train_sampling_strategy == "sequential"
+
+
+def test_compact_summary_fits_a_cell(tok, tiny):
+    from labkit.align.sft import compact_summary
+
+    frame = evaluate_answers(tiny, tok, load_records("sft_eval")[:3], max_new_tokens=4)
+    table = compact_summary(summarize_answers({"a model with a long name, all tokens": frame}))
+    assert list(table.columns) == ["exact", "judge", "both", "ended", "complete", "loops",
+                                   "on_topic"]
+    assert max(map(len, table.to_string().splitlines())) <= 90

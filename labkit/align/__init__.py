@@ -83,6 +83,7 @@ from .rlhf import (
     compare_policies,
     comparison_figure,
     evaluate_policy,
+    judge_breakdown,
     library_route,
     ppo_curves_figure,
     ppo_train,
@@ -99,6 +100,7 @@ from .sft import (
     assistant_mask,
     build_sft_adapter,
     chat_token_ids,
+    compact_summary,
     conversation_loss,
     evaluate_answers,
     generate_answers,
@@ -127,17 +129,21 @@ SETTINGS["cpu"].update({
     "lora_r": 8, "lora_alpha": 16, "lora_lr": 1e-2,
     "eval_questions": 60,  # of the 184 held-out world questions
     "max_new_tokens": 32,  # per answer; a one-sentence answer needs about 15
+    # LIMA (section 5): this many curated conversations, seen sft_steps x sft_batch / curated_small
+    # times each, against draws from the whole noisy set (10,000) at the same steps.
+    "curated_small": 32,
 })
 SETTINGS["gpu"].update({
     "sft_steps": 300, "sft_batch": 16, "sft_warmup": 20, "sft_lr": 1e-3,
     "lora_r": 16, "lora_alpha": 32, "lora_lr": 5e-3,
     "eval_questions": 184,  # all of them
     "max_new_tokens": 40,
+    "curated_small": 1000,  # LIMA's own count: the whole curated set, ~5 times over
 })
 
 # Lab 08 (DPO and alternatives): every method trains pref_steps x pref_batch pairs (KTO: the same
 # pairs as 2 x pref_batch single answers) with LoRA from the SFT model. On CPU the five methods,
-# the beta grid and their held-out scoring fit the lab's 90 s; lr is for LoRA on the 3M model.
+# the beta grid and their held-out scoring take most of the lab; lr is for LoRA on the 3M model.
 SETTINGS["cpu"].update({
     "pref_steps": 6, "pref_batch": 4, "pref_lr": 2e-3,
     "pref_eval_pairs": 60,  # held-out pairs scored per model (of ~600)
@@ -156,16 +162,19 @@ SETTINGS["gpu"].update({
 # answers to ppo_prompts practice questions, ppo_epochs clipped updates each. The CPU run is 96
 # answers, so its learning rate is high (drift is fast, and so is hacking without the leash);
 # scores are reward-model logits spanning ~10, so the KL coefficient is far above InstructGPT's
-# 0.05 on a normalised reward. RLOO gets the same samples and gradient steps.
+# 0.05 on a normalised reward. Two clipped epochs per batch: a tiny model's update costs about
+# the same at any batch size, so epochs are what a CPU run pays for. RLOO samples as many
+# answers and takes rloo_epochs gradient steps per batch (TRL's default, one), at its own rate:
+# its advantages are raw leave-one-out reward differences, not whitened as PPO's are.
 SETTINGS["cpu"].update({
     "rm_steps": 30, "rm_batch": 8, "rm_lr": 1e-3, "rm_train_layers": 2,
     "rm_eval_pairs": 150,  # held-out pairs (of 596) for the accuracy per defect
     "annotate_pairs": 5,
-    "ppo_prompts": 16, "ppo_iterations": 12, "ppo_batch": 8, "ppo_epochs": 4,
-    "ppo_lr": 2e-4, "ppo_value_lr": 1e-3, "ppo_max_new_tokens": 16,
+    "ppo_prompts": 16, "ppo_iterations": 12, "ppo_batch": 8, "ppo_epochs": 2,
+    "ppo_lr": 3e-4, "ppo_value_lr": 1e-3, "ppo_max_new_tokens": 16,
     "ppo_kl_coef": 2.0, "ppo_kl_target": 8.0,  # nats per response (Ziegler et al.: 6)
     "eval_samples": 4,  # answers per prompt when policies are compared
-    "bon_ns": (1, 4, 16), "rloo_generations": 4,
+    "bon_ns": (1, 4, 16), "rloo_generations": 4, "rloo_epochs": 1, "rloo_lr": 2e-4,
 })
 SETTINGS["gpu"].update({
     "rm_steps": 300, "rm_batch": 16, "rm_lr": 5e-4, "rm_train_layers": None,
@@ -175,7 +184,7 @@ SETTINGS["gpu"].update({
     "ppo_lr": 1e-5, "ppo_value_lr": 1e-3, "ppo_max_new_tokens": 32,
     "ppo_kl_coef": 2.0, "ppo_kl_target": 8.0,
     "eval_samples": 4,
-    "bon_ns": (1, 4, 16, 64), "rloo_generations": 4,
+    "bon_ns": (1, 4, 16, 64), "rloo_generations": 4, "rloo_epochs": 4, "rloo_lr": 1e-5,
 })
 
 __all__ = [
@@ -204,6 +213,7 @@ __all__ = [
     "chat_token_ids",
     "clipped_policy_loss",
     "clipped_value_loss",
+    "compact_summary",
     "comparison_table",
     "conversation_loss",
     "dpo_loss",
@@ -271,6 +281,7 @@ __all__ = [
     "compare_policies",
     "comparison_figure",
     "evaluate_policy",
+    "judge_breakdown",
     "library_route",
     "ppo_curves_figure",
     "ppo_train",

@@ -25,7 +25,6 @@ import contextlib
 import copy
 import math
 import platform
-import random
 import tempfile
 import time
 import warnings
@@ -44,7 +43,15 @@ from ..errors import LabkitError
 from ..models import count_parameters
 from ..validate import checks, hf_tokenizer, ints, maybe, positive, positive_int
 from .preference_losses import dpo_loss, hinge_loss, ipo_loss, kto_loss, orpo_loss, simpo_loss
-from .sft import END_TOKEN, _PeakMemory, _quiet_datasets, _training_state_mib, lora_config
+from .sft import (
+    END_TOKEN,
+    _PeakMemory,
+    _quiet_datasets,
+    _training_state_mib,
+    lora_config,
+    mixed_precision,
+    training_stream,
+)
 
 
 @dataclass(frozen=True)
@@ -249,7 +256,8 @@ def preference_trainer(method: str, model, tokenizer, pairs, *, steps: int, lr: 
                        callbacks: Sequence = (), nll_weight: float = 0.0):
     """The TRL trainer of `method`, configured for the labs: fp32 on CPU (TRL defaults to bf16),
     no gradient checkpointing, no checkpoints, no reporting, seeded, and the pairs in a fixed
-    seeded order so that every method sees the same pairs in the same steps.
+    seeded order (`training_stream`: batches of similar length) so that every method sees the
+    same pairs in the same steps.
 
     `lora`: True, a dict of LoraConfig fields or a LoraConfig trains LoRA adapters (then the
     reference of DPO/IPO/KTO is the same model with the adapter switched off); None trains
@@ -273,19 +281,25 @@ def preference_trainer(method: str, model, tokenizer, pairs, *, steps: int, lr: 
         raise LabkitError(f"lr={lr!r} must be a number in (0, 1), e.g. 1e-3")
     context = max_length or getattr(model.config, "max_position_embeddings", None)
     rows = validate_pairs(pairs, tokenizer, max_length=context)
-    rows = random.Random(seed).sample(rows, len(rows))
+    # The exact stream of steps x batch_size pairs, seeded, in batches of similar length (a
+    # verbose rejected answer is ~150 tokens, most answers ~30: random batches pad 2x).
+    stream = training_stream(
+        len(rows), lambda i: max(len(encode_response(tokenizer, rows[i]["prompt"], rows[i][k])[0])
+                                 for k in ("chosen", "rejected")),
+        batch_size=batch_size, steps=steps, seed=seed)
+    rows = [rows[i] for i in stream]
     if method == "kto":
         train_set = unpaired_dataset(rows, batch_size=batch_size, max_length=None)
     else:
         train_set = preference_dataset(rows)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    bf16 = (device.startswith("cuda") and torch.cuda.is_bf16_supported()) if bf16 is None else bf16
+    precision = mixed_precision(device, bf16)
     common = dict(
         output_dir=str(output_dir or tempfile.gettempdir()), max_steps=steps,
         per_device_train_batch_size=2 * batch_size if method == "kto" else batch_size,
         learning_rate=lr, lr_scheduler_type=scheduler, warmup_steps=warmup_steps,
         weight_decay=0.0, max_grad_norm=1.0, seed=seed, data_seed=seed,
-        use_cpu=not device.startswith("cuda"), bf16=bf16, fp16=False,
+        use_cpu=not device.startswith("cuda"), **precision,
         gradient_checkpointing=False, logging_steps=1, save_strategy="no", report_to="none",
         disable_tqdm=True, dataloader_num_workers=0, dataloader_pin_memory=False,
         log_level="error", optim="adamw_torch", train_sampling_strategy="sequential",
@@ -733,9 +747,11 @@ def training_curves_figure(runs, title: str | None = None):
 
     runs = {runs.method: runs} if isinstance(runs, PreferenceRun) else runs
     validate.mapping(lambda run, name: validate.instance(run, name, PreferenceRun))(runs, "runs")
-    fig = make_subplots(rows=1, cols=3, subplot_titles=(
-        "training loss", "reward margin (chosen - rejected)",
-        "log-prob change vs reference"))
+    # Short panel titles (the units and what is subtracted are on the y axes): three long
+    # titles side by side run into each other at a notebook's width.
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("loss", "reward margin",
+                                                        "change of log pi/ref"),
+                        horizontal_spacing=0.1)
     colours = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
     for (name, run), colour in zip(runs.items(), colours * 3):
         h = run.history
@@ -751,7 +767,7 @@ def training_curves_figure(runs, title: str | None = None):
     fig.add_hline(y=0, line={"color": "#98a2b3", "width": 1}, row=1, col=3)
     fig.update_xaxes(title_text="optimizer step")
     fig.update_yaxes(title_text="loss (method's units)", row=1, col=1)
-    fig.update_yaxes(title_text="margin (reward units)", row=1, col=2)
+    fig.update_yaxes(title_text="chosen - rejected (reward units)", row=1, col=2)
     fig.update_yaxes(title_text="log pi/ref per answer (nats)", row=1, col=3)
     fig.update_layout(title=title or "Preference training, per step (batch means)", height=380,
                       template="plotly_white")

@@ -16,7 +16,24 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .. import validate
 from ..errors import LabkitError
+from ..validate import (
+    finite,
+    flag,
+    fraction,
+    nonnegative,
+    positive,
+    positive_int,
+    tensors,
+)
+
+_float = tensors("float")
+
+
+def _pair_like(a, b, name_a: str, name_b: str) -> None:
+    _float(a, name_a), _float(b, name_b)
+    validate.same_shape(a, b, name_a, name_b)
 
 # --- KL to the reference model, per token ----------------------------------------------------
 # Each estimates KL(pi || ref) from the one token that was sampled from pi (Schulman 2020,
@@ -26,16 +43,19 @@ from ..errors import LabkitError
 
 def kl_k1(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """k1 = log(pi/ref): unbiased, but negative whenever ref likes the token more than pi."""
+    _pair_like(logprobs, ref_logprobs, "logprobs", "ref_logprobs")
     return logprobs - ref_logprobs
 
 
 def kl_k2(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """k2 = 0.5 * log(pi/ref)^2: never negative, biased (TRL's former "mse" penalty)."""
+    _pair_like(logprobs, ref_logprobs, "logprobs", "ref_logprobs")
     return 0.5 * (logprobs - ref_logprobs) ** 2
 
 
 def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """k3 = (ref/pi - 1) - log(ref/pi): unbiased and never negative, since x - 1 >= log x."""
+    _pair_like(logprobs, ref_logprobs, "logprobs", "ref_logprobs")
     log_r = ref_logprobs - logprobs
     return torch.expm1(log_r) - log_r
 
@@ -61,8 +81,9 @@ def per_token_rewards(
     """
     kl = _kl_estimator(estimator)(logprobs, ref_logprobs)
     _check_mask(mask, kl)
-    if not kl_coef >= 0:
-        raise LabkitError(f"kl_coef={kl_coef!r} is invalid; it must be >= 0 (reference: 0.05)")
+    nonnegative(kl_coef, "kl_coef")
+    if not torch.is_tensor(score) and not isinstance(score, (list, tuple)):
+        raise LabkitError(f"score must be a tensor with one reward per row, got {type(score).__name__}")
     score = torch.as_tensor(score, dtype=kl.dtype, device=kl.device)
     if score.shape != (len(kl),):
         raise LabkitError(
@@ -76,6 +97,7 @@ def per_token_rewards(
 
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:
     """Column of the last 1 in each row of a 0/1 mask."""
+    _check_mask(mask, mask)
     positions = torch.arange(mask.shape[1], device=mask.device)
     return (positions * mask.long()).argmax(dim=1)
 
@@ -93,11 +115,9 @@ def gae(
     A_t     = delta_t + gamma * lam * A_{t+1}      (lam blends 1-step (0) and Monte Carlo (1))
     Returns A_t + V_t are the value head's regression targets.
     """
-    _check_mask(mask, rewards)
-    if values.shape != rewards.shape:
-        raise LabkitError(f"values has shape {tuple(values.shape)}, rewards {tuple(rewards.shape)}")
-    if not (0 <= gamma <= 1 and 0 <= lam <= 1):
-        raise LabkitError(f"gamma={gamma!r}, lam={lam!r} are invalid; both must be in [0, 1]")
+    _float(rewards, "rewards"), _check_mask(mask, rewards)
+    _pair_like(rewards, values, "rewards", "values")
+    fraction(gamma, "gamma"), fraction(lam, "lam")
     # Zeroing values and rewards past the response makes the episode end at its last token.
     rewards, values = rewards * mask, values * mask
     advantages = torch.zeros_like(rewards)
@@ -112,6 +132,12 @@ def gae(
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `values` over the entries `mask` weights (0/1, or non-negative weights)."""
+    _float(values, "values"), tensors()(mask, "mask")
+    validate.same_shape(values, mask, "values", "mask")
+    if (mask < 0).any() or not mask.sum() > 0:
+        raise LabkitError("mask must be 0/1 (or weights >= 0) with at least one nonzero entry; "
+                          "a mean over nothing is nan")
     return (values * mask).sum() / mask.sum()
 
 
@@ -123,9 +149,11 @@ def whiten(
     Whitened advantages keep the step size independent of the reward scale; shift_mean=False
     (used for rewards) rescales but keeps the mean. The variance is the unbiased one.
     """
+    _float(values, "values"), flag(shift_mean, "shift_mean")
     mask = torch.ones_like(values) if mask is None else mask
+    tensors()(mask, "mask"), validate.same_shape(values, mask, "values", "mask")
     if mask.sum() < 2:
-        raise LabkitError(f"whiten needs at least 2 masked-in values, got {int(mask.sum())}")
+        raise LabkitError(f"whiten needs a mask with at least 2 masked-in values, got {int(mask.sum())}")
     mean = masked_mean(values, mask)
     n = mask.sum()
     variance = masked_mean((values - mean) ** 2, mask) * n / (n - 1)
@@ -162,6 +190,8 @@ def clipped_policy_loss(
     ratio has moved past 1 +/- eps in the direction its advantage asks for.
     """
     _check_clip("cliprange", cliprange)
+    _pair_like(logprobs, old_logprobs, "logprobs", "old_logprobs")
+    _pair_like(logprobs, advantages, "logprobs", "advantages"), _check_mask(mask, logprobs)
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
@@ -181,6 +211,8 @@ def clipped_value_loss(
 ) -> ValueLoss:
     """0.5 * mean of max((V - R)^2, (V_clipped - R)^2), V_clipped within old V +/- eps."""
     _check_clip("cliprange_value", cliprange_value)
+    _pair_like(values, old_values, "values", "old_values")
+    _pair_like(values, returns, "values", "returns"), _check_mask(mask, values)
     clipped_values = old_values + torch.clamp(
         values - old_values, -cliprange_value, cliprange_value
     )
@@ -198,6 +230,9 @@ def clipped_value_loss(
 class FixedKLController:
     value: float
 
+    def __post_init__(self):
+        nonnegative(self.value, "value")
+
     def update(self, current_kl: float, n_steps: int) -> float:
         return self.value
 
@@ -214,7 +249,12 @@ class AdaptiveKLController:
     target: float
     horizon: int
 
+    def __post_init__(self):
+        nonnegative(self.value, "value"), positive(self.target, "target")
+        positive_int(self.horizon, "horizon")
+
     def update(self, current_kl: float, n_steps: int) -> float:
+        finite(current_kl, "current_kl"), positive_int(n_steps, "n_steps")
         error = min(max(current_kl / self.target - 1, -0.2), 0.2)
         self.value *= 1 + error * n_steps / self.horizon
         return self.value
@@ -239,23 +279,10 @@ class PPOConfig:
         _check_clip("cliprange", self.cliprange)
         _check_clip("cliprange_value", self.cliprange_value)
         _kl_estimator(self.kl_estimator)
-        checks = {  # name: (valid?, what is valid)
-            "kl_coef": (self.kl_coef >= 0, ">= 0"),
-            "vf_coef": (self.vf_coef >= 0, ">= 0"),
-            "gamma": (0 <= self.gamma <= 1, "in [0, 1]"),
-            "lam": (0 <= self.lam <= 1, "in [0, 1]"),
-            "ppo_epochs": (
-                isinstance(self.ppo_epochs, int) and self.ppo_epochs >= 1,
-                "an integer >= 1",
-            ),
-            "kl_target": (self.kl_target > 0, "> 0 (nats per response)"),
-            "kl_horizon": (self.kl_horizon > 0, "> 0 (episodes)"),
-        }
-        for name, (ok, valid) in checks.items():
-            if not ok:
-                raise LabkitError(
-                    f"PPOConfig.{name}={getattr(self, name)!r} is invalid; it must be {valid}"
-                )
+        nonnegative(self.kl_coef, "kl_coef"), nonnegative(self.vf_coef, "vf_coef")
+        fraction(self.gamma, "gamma"), fraction(self.lam, "lam"), positive(self.kl_target, "kl_target")
+        positive_int(self.ppo_epochs, "ppo_epochs"), positive_int(self.kl_horizon, "kl_horizon")
+        flag(self.whiten_advantages, "whiten_advantages"), flag(self.adaptive_kl, "adaptive_kl")
 
     def kl_controller(self) -> FixedKLController | AdaptiveKLController:
         if self.adaptive_kl:
@@ -280,13 +307,19 @@ def sequence_logprobs(
     like Llama's, only see relative positions anyway). Sum over the last dimension for the
     per-sequence log-probs that the preference losses take.
     """
-    _check_mask(response_mask, input_ids)
+    validate.function(model, "model")  # a causal LM, or anything called like one
+    tensors("int", ndim=2)(input_ids, "input_ids"), tensors(ndim=2)(attention_mask, "attention_mask")
+    validate.same_shape(input_ids, attention_mask, "input_ids", "attention_mask")
+    _check_mask(response_mask, input_ids, "response_mask")
+    embeddings = getattr(model, "get_input_embeddings", lambda: None)()
+    vocab = embeddings.num_embeddings if embeddings is not None else float("inf")
+    if input_ids.numel() and not 0 <= int(input_ids.min()) <= int(input_ids.max()) < vocab:
+        raise LabkitError(f"input_ids hold ids outside the model's vocabulary [0, {vocab})")
     if response_mask[:, 0].any():
         raise LabkitError("response_mask[:, 0] must be 0: the first token has no prediction")
     if (response_mask.bool() & ~attention_mask.bool()).any():
         raise LabkitError("response_mask marks tokens that attention_mask hides")
-    if not temperature > 0:
-        raise LabkitError(f"temperature={temperature!r} is invalid; it must be > 0")
+    positive(temperature, "temperature")
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     logits = model(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
@@ -300,22 +333,25 @@ def sequence_logprobs(
 
 
 def _kl_estimator(name: str):
-    if name not in KL_ESTIMATORS:
+    if not isinstance(name, str) or name not in KL_ESTIMATORS:
         raise LabkitError(f"kl_estimator={name!r} is unknown; valid: {', '.join(KL_ESTIMATORS)}")
     return KL_ESTIMATORS[name]
 
 
-def _check_mask(mask: torch.Tensor, like: torch.Tensor) -> None:
+def _check_mask(mask: torch.Tensor, like: torch.Tensor, name: str = "mask") -> None:
+    tensors()(mask, name)
     if mask.shape != like.shape or mask.ndim != 2:
         raise LabkitError(
-            f"mask has shape {tuple(mask.shape)}; expected (batch, tokens) = {tuple(like.shape)}"
+            f"{name} has shape {tuple(mask.shape)}; expected (batch, tokens) = {tuple(like.shape)}"
         )
     if mask.numel() == 0:
-        raise LabkitError("the batch is empty; pass at least one sequence")
+        raise LabkitError(f"the batch is empty; pass at least one sequence ({name} has no rows)")
     if not mask.sum(dim=1).all():
-        raise LabkitError("a row of the mask has no response token; every sequence needs one")
+        raise LabkitError(f"a row of the {name} has no response token; every sequence needs one")
+    if ((mask != 0) & (mask != 1)).any():
+        raise LabkitError(f"{name} must hold only 0 and 1 (1 on response tokens)")
 
 
 def _check_clip(name: str, value: float) -> None:
-    if not 0 < value < 1:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
         raise LabkitError(f"{name}={value!r} is invalid; it must be in (0, 1) (reference: 0.2)")

@@ -22,6 +22,7 @@ from numbers import Real
 import torch
 import torch.nn.functional as F
 
+from .. import validate
 from ..errors import LabkitError
 
 
@@ -56,6 +57,7 @@ def bradley_terry_loss(r_chosen, r_rejected, margin=None) -> PreferenceLoss:
     wider gap where annotators were more certain, as in Llama 2 and TRL's RewardTrainer.
     """
     r_chosen, r_rejected = _paired("r_chosen", r_chosen, "r_rejected", r_rejected, logprobs=False)
+    validate.tensor(r_chosen, "r_chosen", finite=True), validate.tensor(r_rejected, "r_rejected", finite=True)
     gap = r_chosen - r_rejected
     if margin is not None:
         gap = gap - _like("margin", margin, r_chosen)
@@ -159,8 +161,7 @@ def kto_loss(
         ("desirable_weight", desirable_weight),
         ("undesirable_weight", undesirable_weight),
     ):
-        if not weight > 0:
-            raise LabkitError(f"{name}={weight!r} is invalid; it must be > 0")
+        validate.positive(weight, name)
     policy_logps, ref_logps = _paired("policy_logps", policy_logps, "ref_logps", ref_logps)
     policy_kl_logps, ref_kl_logps = _paired(
         "policy_kl_logps", policy_kl_logps, "ref_kl_logps", ref_kl_logps
@@ -170,7 +171,11 @@ def kto_loss(
             f"kto_loss: the KL baseline needs a batch of at least 2 mismatched pairs, "
             f"got {len(policy_kl_logps)}"
         )
-    good = torch.as_tensor(desirable, dtype=torch.bool, device=policy_logps.device)
+    flags = desirable.tolist() if torch.is_tensor(desirable) else desirable
+    if not isinstance(flags, (list, tuple)) or any(not isinstance(f, bool) and f not in (0, 1)
+                                                   for f in flags):
+        raise LabkitError(f"kto_loss: desirable must be one True/False flag per response, got {desirable!r}"[:200])
+    good = torch.as_tensor(flags, dtype=torch.bool, device=policy_logps.device)
     if good.shape != policy_logps.shape:
         raise LabkitError(
             f"kto_loss: desirable has shape {tuple(good.shape)}, expected "
@@ -191,7 +196,7 @@ def mismatched_completions(completions: Sequence) -> list:
     (x_1, y_1), ..., (x_n, y_n) -> (x_1, y_n), (x_2, y_1), ..., (x_n, y_{n-1}), as TRL's
     KTOTrainer builds them within each batch.
     """
-    completions = list(completions)
+    completions = validate.items(completions, "completions", empty=True)
     if len(completions) < 2:
         raise LabkitError(
             f"mismatched_completions needs at least 2 completions, got {len(completions)}"
@@ -247,8 +252,7 @@ def simpo_loss(
     adds an NLL term unless cpo_alpha=0; this is the pure SimPO loss.
     """
     _check_beta(beta)
-    if not gamma >= 0:
-        raise LabkitError(f"gamma={gamma!r} is invalid; the target margin must be >= 0")
+    validate.nonnegative(gamma, "gamma (the target margin)")
     chosen, rejected = _average_logps(
         policy_chosen_logps, policy_rejected_logps, chosen_lengths, rejected_lengths
     )

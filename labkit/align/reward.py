@@ -27,7 +27,7 @@ from .. import validate
 from ..errors import LabkitError
 from ..validate import checks, hf_tokenizer, ints, maybe, positive, positive_int
 from .dpo import preference_dataset, validate_pairs
-from .sft import _pad_id
+from .sft import _pad_id, mixed_precision, training_stream
 
 DEFECTS = ("wrong_fact", "repetition", "rude", "verbose", "unsafe")
 
@@ -163,25 +163,16 @@ def freeze_below(model, train_layers: int | None) -> int:
 # --- training with TRL -----------------------------------------------------------------------
 
 
-def length_bucketed_order(lengths: Sequence[int], batch_size: int, seed: int = 0) -> list[int]:
-    """Indices in batches of similar length, the batches in a seeded random order: each batch
-    pads little, and the run still sees every kind of pair early on (transformers'
-    group_by_length sampler instead walks its mega-batches from longest to shortest)."""
-    by_length = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    batches = [by_length[i:i + batch_size] for i in range(0, len(by_length), batch_size)]
-    random.Random(seed).shuffle(batches)
-    return [i for batch in batches for i in batch]
-
-
 def reward_trainer(model, tokenizer, pairs, *, steps: int, batch_size: int, lr: float,
                    seed: int = 0, output_dir=None, device: str | None = None,
                    warmup_steps: int = 0):
     """TRL's RewardTrainer configured for the labs: fp32 on CPU, no reporting, no checkpoints,
     seeded data order, constant LR after warmup (a short run should not decay to nothing).
 
-    Batches hold pairs of similar length, in a seeded random order (`length_bucketed_order`):
-    a verbose answer is ~150 tokens and a short one ~20, and a random batch pads everything to
-    its longest member, which triples the cost of a CPU run."""
+    The run sees steps x batch_size pairs drawn in a seeded order, in batches of similar length
+    (`labkit.align.sft.training_stream`): a verbose answer is ~150 tokens and a short one ~20,
+    and a random batch pads everything to its longest member, which triples the cost of a CPU
+    run. Only the pairs drawn are tokenized."""
     from transformers import PrinterCallback
     from trl import RewardConfig, RewardTrainer
 
@@ -204,16 +195,18 @@ def reward_trainer(model, tokenizer, pairs, *, steps: int, batch_size: int, lr: 
         per_device_train_batch_size=batch_size, learning_rate=lr,
         lr_scheduler_type="constant_with_warmup", warmup_steps=warmup_steps, weight_decay=0.0,
         max_grad_norm=1.0, seed=seed, data_seed=seed, use_cpu=not cuda,
-        bf16=cuda and torch.cuda.is_bf16_supported(), fp16=False, gradient_checkpointing=False,
+        **mixed_precision("cuda" if cuda else "cpu"), gradient_checkpointing=False,
         max_length=model.config.max_position_embeddings, logging_steps=1, save_strategy="no",
         report_to="none", disable_tqdm=True, dataloader_num_workers=0,
         dataloader_pin_memory=False, log_level="error", optim="adamw_torch",
         train_sampling_strategy="sequential",  # the order below is already shuffled
     )
     rows = validate_pairs(pairs)
-    lengths = [max(len(_chat_ids(tokenizer, p["prompt"], p[k])) for k in ("chosen", "rejected"))
-               for p in rows]
-    rows = [rows[i] for i in length_bucketed_order(lengths, batch_size, seed)]
+    stream = training_stream(
+        len(rows), lambda i: max(len(_chat_ids(tokenizer, rows[i]["prompt"], rows[i][k]))
+                                 for k in ("chosen", "rejected")),
+        batch_size=batch_size, steps=steps, seed=seed)
+    rows = [rows[i] for i in stream]
     with _quiet_datasets():
         trainer = RewardTrainer(model=model, args=args, train_dataset=preference_dataset(rows),
                                 processing_class=tokenizer)

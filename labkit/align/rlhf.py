@@ -55,7 +55,7 @@ from .ppo import (
     sequence_logprobs,
     whiten,
 )
-from .sft import _pad_id, _prompt_ids, _stop_ids
+from .sft import _pad_id, _prompt_ids, _stop_ids, mixed_precision
 
 _model = validate.model
 RewardFn = Callable[[Sequence[str], Sequence[str]], "torch.Tensor | Sequence[float]"]
@@ -268,7 +268,7 @@ def ppo_train(policy, reference, tokenizer, prompts: Sequence[str], reward_fn: R
     optimizer = torch.optim.AdamW(
         [{"params": model.lm.parameters(), "lr": lr},
          {"params": model.value_head.parameters(), "lr": value_lr or lr}],
-        eps=1e-5, weight_decay=0.0)
+        eps=1e-5, weight_decay=0.0, foreach=True)  # one multi-tensor update, not one per tensor
     kl_controller = config.kl_controller()
     rng = random.Random(seed)
     history, samples = [], []
@@ -370,12 +370,13 @@ def evaluate_policy(policy, reference, tokenizer, prompts: Sequence[str], reward
                     temperature: float = 1.0) -> dict:
     """One sampled response per prompt (seeded): mean reward, KL to the reference (nats per
     response), response length, the true score, and the responses themselves."""
+    same = policy is reference  # the reference measured against itself: KL is exactly 0
     policy = _unwrap(policy)
     roll = sample_responses(policy, tokenizer, prompts, max_new_tokens=max_new_tokens,
                             temperature=temperature, seed=seed)
     scores = _as_scores(reward_fn(roll.prompts, roll.responses), len(roll.prompts), "cpu")
     out = {"reward": scores.mean().item(),
-           "kl": rollout_kl(policy, reference, roll, temperature).mean().item(),
+           "kl": 0.0 if same else rollout_kl(policy, reference, roll, temperature).mean().item(),
            "response_tokens": roll.lengths.float().mean().item(),
            "responses": roll.responses, "scores": scores.tolist()}
     if true_fn is not None:
@@ -533,6 +534,23 @@ def true_scores(prompts: Sequence[str], responses: Sequence[str]) -> pd.DataFram
                          for p, r in zip(prompts, responses)])
 
 
+TRUE_CHECKS = ("correct", "no_repetition", "polite", "concise", "safe")
+
+
+def judge_breakdown(prompts: Sequence[str], responses: dict) -> pd.DataFrame:
+    """Which of the true judge's checks each policy's answers pass: one row per policy (name ->
+    its responses to `prompts`), the share passing each check (`correct` over fact questions
+    only) and `score`, the share passing all of them. Where the true score moves, this says
+    which defect moved it."""
+    validate.mapping(lambda r, name: validate.texts(r, name))(responses, "responses")
+    rows = {}
+    for name, answers in responses.items():
+        frame = true_scores(prompts, answers)
+        rows[name] = {k: float(frame[k].dropna().astype(float).mean()) for k in TRUE_CHECKS}
+        rows[name]["score"] = float(frame["score"].mean())
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
 def true_reward(prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
     """The true score as a reward function: 1 for an answer that passes every check, else 0."""
     return torch.tensor(true_scores(prompts, responses)["score"].to_numpy(), dtype=torch.float32)
@@ -597,33 +615,39 @@ def compare_policies(policies: dict, reference, tokenizer, prompts: Sequence[str
 
 CURVES = (("reward", "reward model score (logit)"), ("kl", "KL to reference (nats/response)"),
           ("response_tokens", "response length (tokens)"))
+TRUE_CURVE = ("true_score", "true judge (share of answers passing)")
 
 
 def ppo_curves_figure(runs: dict[str, pd.DataFrame] | pd.DataFrame, title: str | None = None,
                       true_score: bool = False):
     """Reward, KL and response length per PPO iteration, one panel each (plus the true score
-    when asked), one line per run."""
+    when asked: then the four panels sit in a 2 x 2 grid, so that no title runs into its
+    neighbour's), one line per run. Panel titles are short; units are on the y axes."""
     from plotly.subplots import make_subplots
 
     if isinstance(runs, pd.DataFrame):
         runs = {"PPO": runs}
     # A run may have no rows yet: the live figure (widgets.rlhf.LiveCurves) starts empty.
     validate.mapping(validate.frame("iteration", empty=True))(runs, "runs")
-    curves = list(CURVES) + ([("true_score", "true score (share of answers passing)")] if true_score
-                             else [])
-    fig = make_subplots(rows=1, cols=len(curves), subplot_titles=[c[1] for c in curves])
+    curves = list(CURVES) + ([TRUE_CURVE] if true_score else [])
+    cols = 2 if len(curves) == 4 else len(curves)
+    rows = math.ceil(len(curves) / cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[c[1].split(" (")[0] for c in curves],
+                        vertical_spacing=0.22, horizontal_spacing=0.12)
     colours = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e")
     for k, (name, frame) in enumerate(runs.items()):
-        for col, (key, _) in enumerate(curves, start=1):
+        for i, (key, _) in enumerate(curves):
             y = frame[key] if key in frame else []
             fig.add_scatter(x=frame["iteration"] if key in frame else [], y=y, mode="lines+markers",
-                            name=name, legendgroup=name, showlegend=col == 1,
-                            line_color=colours[k % len(colours)], row=1, col=col)
-            fig.update_xaxes(title_text="PPO iteration", row=1, col=col)
-    for col, (_, label) in enumerate(curves, start=1):
-        fig.update_yaxes(title_text=label.split(" (")[-1].rstrip(")"), row=1, col=col)
+                            name=name, legendgroup=name, showlegend=i == 0,
+                            line_color=colours[k % len(colours)], row=i // cols + 1,
+                            col=i % cols + 1)
+    for i, (_, label) in enumerate(curves):
+        fig.update_xaxes(title_text="PPO iteration", row=i // cols + 1, col=i % cols + 1)
+        fig.update_yaxes(title_text=label.split(" (")[-1].rstrip(")"), row=i // cols + 1,
+                         col=i % cols + 1)
     fig.update_layout(title=title or "PPO against the reward model, on a KL leash",
-                      height=340, margin=dict(t=80))
+                      height=340 * rows + (60 if rows > 1 else 0), margin=dict(t=90))
     return fig
 
 
@@ -701,7 +725,8 @@ def library_route(policy, reward_model, tokenizer, prompts: Sequence[str], *, st
             learning_rate=lr, beta=kl_coef, num_iterations=epochs, temperature=temperature,
             top_k=0, top_p=1.0, lr_scheduler_type="constant", warmup_steps=0,
             weight_decay=0.0, max_grad_norm=1.0, seed=seed, data_seed=seed, use_cpu=not cuda,
-            bf16=cuda and torch.cuda.is_bf16_supported(), fp16=False, logging_steps=1,
+            **mixed_precision("cuda" if cuda else "cpu"), logging_steps=1,
+            gradient_checkpointing=False,  # TRL's default trades ~20% more compute for memory
             save_strategy="no", report_to="none", disable_tqdm=True, log_level="error",
             dataloader_num_workers=0, dataloader_pin_memory=False, shuffle_dataset=False,
             model_init_kwargs={"dtype": torch.float32},

@@ -19,6 +19,7 @@ import copy
 import json
 import math
 import platform
+import random
 import re
 import tempfile
 import threading
@@ -440,13 +441,64 @@ class SFTRun:
                 "wall_s": round(self.wall_s, 2), "final_loss": round(self.final_loss, 4)}
 
 
+def length_bucketed_order(lengths: Sequence[int], batch_size: int, seed: int = 0) -> list[int]:
+    """Indices in batches of similar length, the batches in a seeded random order: each batch
+    pads little, and the run still sees every kind of example early on (transformers'
+    group_by_length sampler instead walks its mega-batches from longest to shortest)."""
+    by_length = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    batches = [by_length[i:i + batch_size] for i in range(0, len(by_length), batch_size)]
+    random.Random(seed).shuffle(batches)
+    return [i for batch in batches for i in batch]
+
+
+def training_stream(n_items: int, length_of, *, batch_size: int, steps: int,
+                    seed: int = 0) -> list[int]:
+    """The item indices a run of `steps` batches of `batch_size` sees, in order: epochs over
+    the items, each a seeded sample (all of them, or as many as the remaining steps need) in
+    batches of similar length (`length_bucketed_order`). A random batch pads every sequence to
+    its longest member (a chat example is 10-100 tokens, a preference answer up to ~170), which
+    costs a CPU run a third to a half of its time; bucketed, the padding is a few percent.
+    `length_of(i)` is asked only for the items drawn."""
+    positive_int(n_items, "n_items"), positive_int(batch_size, "batch_size")
+    positive_int(steps, "steps")
+    rng, lengths = random.Random(seed), {}
+    need, stream = steps * batch_size, []
+    while len(stream) < need:
+        drawn = rng.sample(range(n_items), min(n_items, need - len(stream)))
+        for i in drawn:
+            if i not in lengths:
+                lengths[i] = length_of(i)
+        order = length_bucketed_order([lengths[i] for i in drawn], batch_size, rng.randrange(2**31))
+        stream += [drawn[j] for j in order]
+    return stream
+
+
+def mixed_precision(device: str, bf16: bool | None = None) -> dict:
+    """The trainers' precision flags, {"bf16": ..., "fp16": ...}: fp32 on CPU (bf16 autocast
+    without AMX only adds casts); on CUDA bf16 where the card computes it natively, else fp16
+    with loss scaling (a T4), as the gpu profile chooses. `bf16` True/False overrides.
+
+    torch.cuda.is_bf16_supported() is not asked: it answers True on a T4 (emulated bf16) and
+    ignores LABKIT_NO_BF16; labkit.env.cuda_has_bf16 and the profile's switch do not."""
+    from .. import env
+    from ..profiles import bf16_pretended_absent
+
+    if bf16 is not None:
+        return {"bf16": bool(bf16), "fp16": False}
+    if not str(device).startswith("cuda"):
+        return {"bf16": False, "fp16": False}
+    native = env.cuda_has_bf16() and not bf16_pretended_absent()
+    return {"bf16": native, "fp16": not native}
+
+
 def sft_trainer(model, tokenizer, dataset, *, steps: int, lr: float, batch_size: int,
                 lora=None, assistant_only: bool = True, seed: int = 0, output_dir=None,
                 warmup_steps: int = 0, max_length: int = 256, device: str | None = None,
                 bf16: bool | None = None):
     """TRL's SFTTrainer, configured for the labs: fp32 on CPU (TRL defaults to bf16), no
-    gradient checkpointing, cosine schedule, no checkpoints, no reporting, seeded. With `lora`,
-    TRL wraps `model` in a peft PeftModel (the model passed in is changed in place)."""
+    gradient checkpointing, cosine schedule, no checkpoints, no reporting, seeded, and the
+    conversations in the seeded order of `training_stream` (batches of similar length). With
+    `lora`, TRL wraps `model` in a peft PeftModel (the model passed in is changed in place)."""
     from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
@@ -458,21 +510,26 @@ def sft_trainer(model, tokenizer, dataset, *, steps: int, lr: float, batch_size:
     if assistant_only:
         require_generation_markers(tokenizer)
     train_set = conversations_dataset(dataset)
+    if len(train_set) > 1:  # the exact stream of steps x batch_size conversations, bucketed
+        convs = train_set["messages"]
+        stream = training_stream(len(convs), lambda i: len(_chat_ids(tokenizer, convs[i])),
+                                 batch_size=batch_size, steps=steps, seed=seed)
+        train_set = train_set.select(stream)
     peft_config = None
     if lora is not None and lora is not False:
         peft_config = lora_config(lora, chat_tokens=chat_token_ids(tokenizer), model=model)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    bf16 = (device.startswith("cuda") and torch.cuda.is_bf16_supported()) if bf16 is None else bf16
+    precision = mixed_precision(device, bf16)
     args = SFTConfig(
         output_dir=str(output_dir or tempfile.gettempdir()), max_steps=steps,
         per_device_train_batch_size=batch_size, learning_rate=lr, lr_scheduler_type="cosine",
         warmup_steps=warmup_steps, weight_decay=0.0, max_grad_norm=1.0, seed=seed,
-        data_seed=seed, use_cpu=not device.startswith("cuda"), bf16=bf16, fp16=False,
+        data_seed=seed, use_cpu=not device.startswith("cuda"), **precision,
         # transformers 5 renamed gradient_checkpointing (TRL defaults it to True): set the new name
         activation_checkpointing=False, assistant_only_loss=assistant_only, max_length=max_length,
         packing=False, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
         dataloader_num_workers=0, dataloader_pin_memory=False, log_level="error",
-        optim="adamw_torch",
+        optim="adamw_torch", train_sampling_strategy="sequential",  # the stream is the order
     )
     with _quiet_datasets():  # TRL maps the dataset four times, each with a progress bar
         trainer = SFTTrainer(model=model, args=args, train_dataset=train_set,
@@ -751,6 +808,21 @@ def summarize_answers(frames: dict) -> pd.DataFrame:
                      "complete": df["complete"].mean(), "repetitive": df["repetitive"].mean(),
                      "on_topic": df["on_topic"].mean()})
     return pd.DataFrame(rows).set_index("model")
+
+
+# Short headers for printed tables: eight full-width columns and a long model name do not fit
+# a notebook cell's width, and JupyterLab wraps a long line mid-number.
+COMPACT_COLUMNS = {"exact_match": "exact", "judge_ok": "judge", "correct": "both",
+                   "ended_turn": "ended", "complete": "complete", "repetitive": "loops",
+                   "on_topic": "on_topic"}
+
+
+@checks(summary=validate.frame(*COMPACT_COLUMNS))
+def compact_summary(summary: pd.DataFrame) -> pd.DataFrame:
+    """`summarize_answers`' table with short headers, rounded to 2 decimals, for printing:
+    exact (exact match), judge (well-formed), both (right and well-formed), ended (the turn
+    ended), complete, loops (repetitive), on_topic."""
+    return summary[list(COMPACT_COLUMNS)].rename(columns=COMPACT_COLUMNS).round(2)
 
 
 @checks(summary=validate.frame("exact_match", "judge_ok", "correct", "questions"))

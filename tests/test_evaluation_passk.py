@@ -106,3 +106,57 @@ def test_bad_tables_raise():
         mean_pass_at_k([], 1)
     with pytest.raises(LabkitError, match="task_id"):
         pass_at_k_table(pd.DataFrame({"outcome": ["passed"]}))
+
+
+# --- each distinct program run once ----------------------------------------------------------
+
+CODE_TASKS = [
+    {"task_id": "w/0", "prompt": 'def double(x):\n    """Twice x."""\n', "entry_point": "double",
+     "test": "def check(candidate):\n    assert candidate(2) == 4\n    assert candidate(-1) == -2\n"},
+    {"task_id": "w/1", "prompt": "def first_word(s):\n", "entry_point": "first_word",
+     "test": "def check(candidate):\n    assert candidate('salt and copper') == 'salt'\n"},
+]
+
+
+def test_distinct_programs_run_once_with_the_sandbox_s_verdicts(monkeypatch):
+    from labkit.evaluation import passk, sandbox
+
+    completions = {
+        "w/0": ["    return 2 * x\n", "    return x + 2\n", "    return 2 * x\n", "    return x +* 2\n",
+                "    return 2 * x\n", "    return x +* 2\n"],
+        "w/1": ["    return s.split()[0]\n", "The first word is salt.\n", "The first word is salt.\n"],
+    }
+    runs = []
+    real = sandbox.evaluate_completions
+
+    def counting(tasks, to_run, *args):
+        runs.extend((t, c) for t, cs in to_run.items() for c in cs)
+        return real(tasks, to_run, *args)
+
+    monkeypatch.setattr(sandbox, "evaluate_completions", counting)
+    distinct = passk.evaluate_distinct(CODE_TASKS, completions, timeout=5.0)
+    # only the three distinct programs that compile reach the sandbox, once each
+    assert sorted(runs) == sorted([("w/0", "    return 2 * x\n"), ("w/0", "    return x + 2\n"),
+                                   ("w/1", "    return s.split()[0]\n")])
+    everything = real(CODE_TASKS, completions, 5.0)
+    cols = ["task_id", "sample", "outcome", "passed"]
+    assert distinct[cols].to_dict("records") == everything[cols].to_dict("records")
+    for got, ran in zip(distinct["reason"], everything["reason"]):
+        assert got == ran  # "not valid Python: SyntaxError: ..." as the sandbox words it
+    assert distinct["ran"].tolist() == [
+        "sandbox", "sandbox", "repeat of sample 0", "did not compile", "repeat of sample 0",
+        "repeat of sample 3", "sandbox", "did not compile", "repeat of sample 1"]
+    assert pass_at_k_table(distinct, [1, 2]).equals(pass_at_k_table(everything, [1, 2]))
+
+
+def test_distinct_bad_input():
+    from labkit.evaluation.passk import evaluate_distinct
+
+    with pytest.raises(LabkitError, match="unknown task ids"):
+        evaluate_distinct(CODE_TASKS, {"w/9": ["pass"]})
+    with pytest.raises(LabkitError, match="non-empty dict"):
+        evaluate_distinct(CODE_TASKS, {})
+    with pytest.raises(LabkitError, match="list of completions"):
+        evaluate_distinct(CODE_TASKS, {"w/0": "    return 2 * x\n"})
+    with pytest.raises(LabkitError, match="not a string"):
+        evaluate_distinct(CODE_TASKS, {"w/0": [None]})

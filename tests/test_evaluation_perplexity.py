@@ -173,6 +173,20 @@ def test_random_model_reference_value(tokenizer, model):
     assert result.perplexity == pytest.approx(REFERENCE_PPL, rel=1e-4)
 
 
+@pytest.mark.parametrize("batch_size", [1, 3, 16])
+def test_documents_share_padded_batches_and_score_as_alone(tokenizer, model, batch_size):
+    """Several documents' windows go into shared right-padded batches (longest first): each
+    document's token NLLs are those of scoring it alone, in its own order."""
+    docs = [TEXT, CORPUS[0], CORPUS[2], CORPUS[3], TEXT[:150]]
+    together = perplexity(model, tokenizer, docs, window=32, stride=16, batch_size=batch_size)
+    alone = [perplexity(model, tokenizer, d, window=32, stride=16, batch_size=1) for d in docs]
+    np.testing.assert_allclose(together.nll, np.concatenate([a.nll for a in alone]), rtol=1e-5,
+                               atol=1e-5)  # float32 rounding of a different batch shape only
+    assert together.context.tolist() == np.concatenate([a.context for a in alone]).tolist()
+    assert together.n_tokens == sum(a.n_tokens for a in alone)
+    assert together.forward_tokens == sum(a.forward_tokens for a in alone)
+
+
 def test_sweep_compute_and_context(tokenizer, model):
     sweep = stride_sweep(model, tokenizer, [TEXT, CORPUS[0]], window=32, strides=[32, 8, 16])
     assert sweep["stride"].tolist() == [8, 16, 32]

@@ -353,5 +353,5 @@ def test_evaluate_completions_bad_input():
         evaluate_completions([{"task_id": "x"}], {"x": ["pass"]})
     with pytest.raises(LabkitError, match="no code tasks"):
         evaluate_completions([], {})
-    with pytest.raises(LabkitError, match="not str"):
+    with pytest.raises(LabkitError, match="not a string"):
         evaluate_completions(TASKS, {"world/0": [None]})

@@ -209,6 +209,94 @@ def test_blockwise_calibration_equals_running_the_whole_model_per_layer(quantize
     assert decoder_blocks(model)[0] == "model.layers"
 
 
+@pytest.mark.parametrize("quantizer", ["gptq", "awq"])
+def test_one_pass_per_block_equals_capturing_every_layer_from_the_embeddings(quantizer):
+    """A calibration set that fits one batch runs through each block once, its layers quantized
+    inside that pass as their inputs arrive: bit for bit the weights (and the per-layer
+    statistics) of running the whole model up to every layer, one layer at a time."""
+    model = random_llama()
+    calib = torch.randint(0, 256, (6, 24), generator=torch.Generator().manual_seed(5))
+    seen = {}
+
+    def run(blockwise, batch_size):
+        key = (blockwise, batch_size)
+        seen[key] = []
+
+        def quantize_layer(name, layer, stats):
+            seen[key].append((name, stats.n_tokens, stats.xtx.sum().item()))
+            if quantizer == "awq":
+                return awq_search(layer.weight.detach(), stats, 3, None).weight
+            return gptq_quantize_weight(layer.weight.detach().float(), stats.hessian, 3).weight
+
+        q = copy.deepcopy(model)
+        sequential_quantize(q, calib, quantize_layer, batch_size=batch_size, blockwise=blockwise)
+        return q
+
+    one_pass, multi_pass, slow = run(True, None), run(True, 3), run(False, 6)
+    assert seen[(True, None)] == seen[(False, 6)] and len(seen[(False, 6)]) == 14
+    assert [n for n, *_ in seen[(True, 3)]] == [n for n, *_ in seen[(False, 6)]]
+    for name in linear_layers(model):
+        assert torch.equal(one_pass.get_submodule(name).weight, slow.get_submodule(name).weight)
+        # two batches of 3 sum X^T X in another order: the same weights up to float rounding
+        assert torch.allclose(multi_pass.get_submodule(name).weight,
+                              slow.get_submodule(name).weight, atol=0.05), name
+    # the quantized model computes with the quantized weights of every layer
+    assert not torch.equal(one_pass.get_submodule("model.layers.1.mlp.down_proj").weight,
+                           model.get_submodule("model.layers.1.mlp.down_proj").weight)
+
+
+def test_calibration_batches_fit_the_one_pass_budget():
+    from labkit.quant import gptq
+
+    model = random_llama()  # hidden size 64
+    calib = torch.zeros(128, 128, dtype=torch.long)
+    # 128 x 128 x 64 values: one batch
+    assert len(calibration_batches(calib, gptq.sequences_per_batch(model, calib))) == 1
+    assert gptq.sequences_per_batch(model, torch.zeros(4, 2**19, dtype=torch.long)) == 1
+    assert gptq.sequences_per_batch(model, torch.zeros(9, 2**16, dtype=torch.long)) == 4
+
+
+@pytest.mark.parametrize("scheme", ["gptq", "awq"])
+def test_cached_calibration_is_the_computed_one_and_any_input_change_recomputes(
+        scheme, tmp_path, monkeypatch):
+    from labkit.quant import cache
+
+    monkeypatch.setenv("LABKIT_CACHE_DIR", str(tmp_path))
+    model = random_llama()
+    calib = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(6))
+
+    def run(m=model, c=calib, bits=3, **kw):
+        before = len(cache.EVENTS)
+        q = quantize_model(m, scheme, bits, 32, calib=c, cache=True, **kw)
+        return q, [e["how"] for e in cache.EVENTS[before:]]
+
+    first, how = run()
+    assert how == ["computed"] and len(list(tmp_path.glob("quant/*.pt"))) == 1
+    again, how = run()
+    assert how == ["from the cache"]
+    for (name, a), b in zip(first.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), name  # codes, scales, zeros (and AWQ's input scales)
+    for name in linear_layers(model):  # what the QuantLinear computes with
+        assert torch.equal(first.get_submodule(name).dequantized_weight(),
+                           again.get_submodule(name).dequantized_weight())
+    # new weights, new calibration text, new settings: computed again, never a stale entry
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.model.layers[1].mlp.down_proj.weight[0, 0] += 1e-3
+    assert run(m=other)[1] == ["computed"]
+    assert run(c=calib.flip(0))[1] == ["computed"]
+    assert run(bits=4)[1] == ["computed"]
+    assert run()[1] == ["from the cache"]
+    # a damaged entry is recomputed (and rewritten), not an error
+    for path in tmp_path.glob("quant/*.pt"):
+        path.write_bytes(b"not a torch file")
+    assert run()[1] == ["computed"] and run()[1] == ["from the cache"]
+    # without cache=True nothing is read or written
+    before = sorted(tmp_path.glob("quant/*.pt"))
+    quantize_model(model, scheme, 3, 32, calib=calib)
+    assert sorted(tmp_path.glob("quant/*.pt")) == before
+
+
 def test_layers_outside_the_blocks_fall_back_to_whole_model_capture():
     model = random_llama()
     calib = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(4))

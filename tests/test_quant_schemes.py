@@ -174,5 +174,10 @@ def test_pack_unpack_roundtrip(bits, n, seed):
 def test_4bit_packing_is_high_nibble_first():
     assert pack_bits(torch.tensor([1, 2, 3]), 4).tolist() == [0x12, 0x30]
     assert pack_bits(torch.tensor([1, 2, 3, 0]), 2).tolist() == [0b01101100]
+    # codes that straddle bytes (3 bits): 001 010 011 -> 00101001 1(0000000)
+    assert pack_bits(torch.tensor([1, 2, 3]), 3).tolist() == [0b00101001, 0b10000000]
+    assert unpack_bits(torch.tensor([0b00101001, 0b10000000], dtype=torch.uint8), 3, 3).tolist() \
+        == [1, 2, 3]
+    assert unpack_bits(torch.tensor([0x12, 0x30], dtype=torch.uint8), 4, 3).tolist() == [1, 2, 3]
     with pytest.raises(LabkitError, match="codes must lie"):
         pack_bits(torch.tensor([16]), 4)

@@ -344,3 +344,16 @@ def test_awq_can_use_fewer_calibration_sequences(bench):
     few = TradeoffBench(bench.model, bench.tokenizer, TEXTS, ITEMS, bench.calib, awq_samples=2)
     assert few._calib_for("awq").shape[0] == 2 and few._calib_for("gptq").shape[0] == 4
     assert few._calib_for("rtn") is None and bench._calib_for("awq").shape[0] == 4
+
+
+def test_the_figure_title_never_says_nothing_selected(measured):
+    """The browser test fails a widget whose first render says "nothing selected": an unmeasured
+    or impossible selection names itself and what to do instead."""
+    calls, measure_fn = measured
+    e = explorer(measure_fn, scheme="rtn", bits=3)
+    assert "rtn 3b is not measured yet" in e.figure.layout.title.text
+    e.bits.value = 1
+    assert "cannot be measured" in e.figure.layout.title.text
+    e.bits.value = 4
+    assert "rtn 4b selected" in e.figure.layout.title.text
+    assert "nothing selected" not in e.figure.layout.title.text.lower()

@@ -200,8 +200,12 @@ class TradeoffExplorer:
                 self.figure.layout.title.text = (
                     f"Size vs quality: {row['label']} selected, {row['size_mb']:.2f} MB, "
                     f"perplexity {row['perplexity']:.4f} ({self.device})")
+            elif problem:
+                self.figure.layout.title.text = ("Size vs quality: that combination cannot be "
+                                                 "measured (see the message above)")
             else:
-                self.figure.layout.title.text = "Size vs quality (nothing selected)"
+                self.figure.layout.title.text = (f"Size vs quality: {config_label(*key)} is not "
+                                                 "measured yet (press the button)")
         self.table_html.value = self._table_html(key)
         self.button.disabled = bool(problem) or row is not None or self.measure_fn is None
         if problem:

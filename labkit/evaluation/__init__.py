@@ -26,6 +26,7 @@ from .multiple_choice import (
     validate_items,
 )
 from .passk import (
+    evaluate_distinct,
     mean_naive_pass_at_k,
     mean_pass_at_k,
     naive_pass_at_k,
@@ -135,6 +136,7 @@ __all__ = [
     "drops_privileges",
     "encode_pair",
     "evaluate_completions",
+    "evaluate_distinct",
     "find_leaks",
     "humaneval_program",
     "item_text",

@@ -37,6 +37,9 @@ def normalised_words(text: str) -> list[tuple[str, int, int]]:
 
 def word_ngrams(text: str, n: int) -> list[str]:
     """The normalised word n-grams of a text, each joined by single spaces."""
+    if not isinstance(text, str):
+        raise LabkitError(f"text must be a str, got {type(text).__name__}")
+    _check_n(n)
     words = [w for w, _, _ in normalised_words(text)]
     return [" ".join(words[i : i + n]) for i in range(len(words) - n + 1)]
 
@@ -50,6 +53,13 @@ class NgramIndex:
         return len(self.ngrams)
 
 
+def _check_report(report) -> None:
+    import pandas as pd
+
+    if not isinstance(report, pd.DataFrame) or not {"id", "contaminated"} <= set(report.columns):
+        raise LabkitError(f"report must be find_leaks' DataFrame (id, contaminated), got {type(report).__name__}")
+
+
 def _check_n(n: int) -> None:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise LabkitError(f"n={n!r}: valid is a positive integer (GPT-3 and lm-eval use 8 to 13)")
@@ -58,6 +68,8 @@ def _check_n(n: int) -> None:
 def build_ngram_index(corpus: Iterable[str], n: int = 13) -> NgramIndex:
     """All word n-grams of a training corpus (an iterable of documents)."""
     _check_n(n)
+    if isinstance(corpus, (str, bytes, dict)) or not isinstance(corpus, Iterable):
+        raise LabkitError(f"corpus must be an iterable of documents (str), got {type(corpus).__name__}")
     grams: set[str] = set()
     seen = 0
     for document in corpus:
@@ -73,6 +85,11 @@ def build_ngram_index(corpus: Iterable[str], n: int = 13) -> NgramIndex:
 def item_text(item: dict) -> str:
     """What is checked of an item: a multiple-choice question plus its correct choice, or a
     code task's prompt (and its canonical solution when present)."""
+    if not isinstance(item, dict):
+        raise LabkitError(f"item must be a benchmark item (a dict), got {type(item).__name__}")
+    for key in ("question", "prompt", "canonical_solution"):
+        if key in item and not isinstance(item[key], str):
+            raise LabkitError(f"item {item.get('id', '?')!r}: {key} must be a str, got {item[key]!r}")
     if "question" in item:
         choices, answer = item.get("choices"), item.get("answer")
         if isinstance(choices, list) and isinstance(answer, int) and 0 <= answer < len(choices):
@@ -105,8 +122,14 @@ def find_leaks(
     """
     import pandas as pd
 
+    if isinstance(items, (str, bytes, dict)) or not isinstance(items, Sequence):
+        raise LabkitError(f"items must be a list of benchmark items, got {type(items).__name__}")
     if not items:
         raise LabkitError("no benchmark items to check")
+    if not isinstance(index, NgramIndex):
+        raise LabkitError(f"index must be build_ngram_index's NgramIndex, got {type(index).__name__}")
+    if not callable(text_of):
+        raise LabkitError(f"text_of must be a function item -> text, got {type(text_of).__name__}")
     rows = []
     for position, item in enumerate(items):
         text = text_of(item)
@@ -135,6 +158,9 @@ def find_leaks(
 
 def clean_subset(items: Sequence[dict], report) -> list[dict]:
     """The items that `find_leaks` did not flag, in their original order."""
+    _check_report(report)
+    if isinstance(items, (str, bytes, dict)) or not isinstance(items, Sequence):
+        raise LabkitError(f"items must be a list of benchmark items, got {type(items).__name__}")
     if len(report) != len(items):
         raise LabkitError(
             f"report has {len(report)} rows for {len(items)} items: run find_leaks on these items"
@@ -147,8 +173,11 @@ def clean_vs_contaminated(scores, report, metric: str = "acc"):
     """Mean of `metric` on all, clean and contaminated items (scores and report share 'id')."""
     import pandas as pd
 
+    _check_report(report)
+    if not isinstance(scores, pd.DataFrame) or "id" not in scores.columns:
+        raise LabkitError(f"scores must be a DataFrame with an 'id' column, got {type(scores).__name__}")
     if metric not in scores.columns:
-        raise LabkitError(f"scores has no {metric!r} column; have {list(scores.columns)}")
+        raise LabkitError(f"metric={metric!r}: scores has no such column; have {list(scores.columns)}")
     joined = scores.merge(report[["id", "contaminated"]], on="id", how="inner")
     if len(joined) != len(scores):
         raise LabkitError("scores and report do not cover the same item ids")

@@ -36,6 +36,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import validate
 from ..errors import LabkitError
 from .multiple_choice import PROMPT_TEMPLATE, TARGET_DELIMITER, load_items
 
@@ -56,8 +57,13 @@ def write_mc_task(
     """
     import yaml
 
-    if not _TASK_NAME.match(name or ""):
+    if not isinstance(name, str) or not _TASK_NAME.match(name):
         raise LabkitError(f"task name {name!r}: use letters, digits, '_' or '-', starting a letter")
+    for arg, value in (("split", split), ("template", template), ("delimiter", delimiter)):
+        validate.text(value, arg)
+    validate.path_like(task_dir, "task_dir")
+    if not isinstance(data_files, (str, Path, Mapping)):
+        raise LabkitError(f"data_files must be a JSONL path or a dict split -> path, got {data_files!r}")
     files = {split: data_files} if isinstance(data_files, (str, Path)) else dict(data_files)
     if split not in files:
         raise LabkitError(f"split {split!r} is not among the data_files splits {sorted(files)}")
@@ -143,6 +149,9 @@ def run_lm_eval(
     """Run lm-eval's `hf` model on local tasks, offline; tidy per-task metrics and samples."""
     import pandas as pd
 
+    validate.path_like(model_dir, "model_dir"), validate.path_like(task_dir, "task_dir")
+    validate.maybe(validate.positive_int)(limit, "limit")
+    validate.positive_int(batch_size, "batch_size"), validate.device(device, "device")
     model_dir, task_dir = Path(model_dir), Path(task_dir)
     if not (model_dir / "config.json").is_file():
         raise LabkitError(
@@ -150,7 +159,7 @@ def run_lm_eval(
         )
     if not task_dir.is_dir():
         raise LabkitError(f"task_dir {str(task_dir)!r} is not a directory of task YAML files")
-    tasks = [tasks] if isinstance(tasks, str) else list(tasks)
+    tasks = validate.texts(tasks, "tasks", single=True, empty=True)
     if not tasks:
         raise LabkitError("tasks is empty: name at least one task of task_dir")
     with offline_hubs():

@@ -188,45 +188,177 @@ def encode_pair(tokenizer, context: str, continuation: str, prefix_token: int | 
     return context_ids, whole[len(context_ids) :]
 
 
-def choice_logprobs(
-    model, tokenizer, context: str, choices: Sequence[str], delimiter: str = TARGET_DELIMITER
-) -> np.ndarray:
-    """Summed log-probability (nats) of each choice given the context, all choices in one batch."""
+def _request(ctx: list[int], cont: list[int], max_length: int) -> tuple[list[int], list[int]]:
+    """(model input, continuation ids) of one request, truncated as lm-eval truncates."""
+    if not cont:
+        raise LabkitError("a continuation encodes to no tokens: nothing to score")
+    # As lm-eval: keep the last max_length + 1 tokens, feed all but the last.
+    return (ctx + cont)[-(max_length + 1) :][:-1], cont
+
+
+LOGITS_BUDGET = 2**25  # floats of logits per forward pass (128 MiB): GPT-2's 50k vocabulary
+
+
+def _rows_per_pass(model, width: int, batch_size: int) -> int:
+    """batch_size, or fewer rows where the batch's logits would pass LOGITS_BUDGET."""
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None) or 50_000
+    return max(1, min(batch_size, LOGITS_BUDGET // (width * vocab)))
+
+
+def continuation_logprobs(model, requests: Sequence[tuple[list[int], list[int]]],
+                          batch_size: int = 64,
+                          progress: Callable[[int, int], None] | None = None,
+                          share_context: bool = True) -> np.ndarray:
+    """Summed log-probability (nats) of each continuation after its context: `requests` are
+    (context_ids, continuation_ids) pairs (encode_pair's), scored about `batch_size`
+    continuations to a forward pass; `progress(done, total)` is called after each pass.
+
+    lm-eval feeds context + continuation for every choice. With `share_context` (and a model
+    that returns a KV cache), the choices of one question run their shared context once and
+    only their own tokens after it, reading the context's keys and values from the cache: the
+    same arithmetic on 3-4x fewer tokens, equal to lm-eval's log-probs up to float rounding
+    (tests/test_evaluation_multiple_choice.py and tests/test_standard_models.py check it).
+    Otherwise, and for requests longer than the model, requests are sorted by length and
+    right-padded into one forward pass per batch (a causal model never looks right).
+    """
     import torch
 
-    validate.model(model), hf_tokenizer(tokenizer), text(context, "context"), text(delimiter, "delimiter")
-    choices = validate.texts(choices, "choices")
-
+    validate.model(model), validate.positive_int(batch_size, "batch_size")
     max_length = model_max_length(model)
-    pairs = [encode_pair(tokenizer, context, delimiter + choice) for choice in choices]
-    inputs, conts = [], []
-    for ctx, cont in pairs:
-        if not cont:
-            raise LabkitError(f"a choice of {list(choices)!r} encodes to no tokens")
-        # As lm-eval: keep the last max_length + 1 tokens, feed all but the last.
-        inputs.append((ctx + cont)[-(max_length + 1) :][:-1])
-        conts.append(cont)
-    width = max(len(x) for x in inputs)
-    # Right padding needs no attention mask in a causal model: real positions never look right.
-    # lm-eval feeds its batches the same way (zeros on the right, no mask).
-    batch = torch.zeros(len(inputs), width, dtype=torch.long)
-    for row, x in enumerate(inputs):
-        batch[row, : len(x)] = torch.tensor(x)
-    device = next(iter(model.parameters())).device
+    rows = [_request(list(ctx), list(cont), max_length) for ctx, cont in requests]
+    scores = np.full(len(rows), np.nan)
+    done = [0]
+
+    def tick(n: int) -> None:
+        done[0] += n
+        if progress is not None:
+            progress(done[0], len(rows))
+
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            out = model(input_ids=batch.to(device))
-            logp = torch.log_softmax(out.logits.float(), dim=-1).cpu()
+            rest = list(range(len(rows)))
+            if share_context and _returns_cache(model):
+                groups: dict[tuple, list[int]] = {}
+                for i, (ctx, cont) in enumerate(requests):
+                    if len(ctx) + len(cont) <= max_length + 1:  # not truncated: ctx is its own
+                        groups.setdefault(tuple(ctx), []).append(i)
+                shared = _shared_context_logprobs(model, groups, rows, batch_size, scores, tick)
+                rest = [i for i in rest if i not in shared]
+            _padded_logprobs(model, rows, rest, batch_size, scores, tick)
     finally:
         model.train(was_training)
-    scores = []
-    for row, (x, cont) in enumerate(zip(inputs, conts)):
-        positions = torch.arange(len(x) - len(cont), len(x))
-        picked = logp[row, positions, torch.tensor(cont)]
-        scores.append(float(picked.sum()))
-    return np.array(scores)
+    return scores
+
+
+def _padded_logprobs(model, rows, indices, batch_size, scores, tick) -> None:
+    """Each (input, continuation) row as one row of a right-padded batch, longest first."""
+    import torch
+
+    order = sorted(indices, key=lambda i: -len(rows[i][0]))
+    device = next(iter(model.parameters())).device
+    start = 0
+    while start < len(order):
+        width = len(rows[order[start]][0])  # the longest of the batch (sorted)
+        batch = order[start : start + _rows_per_pass(model, width, batch_size)]
+        start += len(batch)
+        ids = torch.zeros(len(batch), width, dtype=torch.long)  # lm-eval pads with 0
+        for row, i in enumerate(batch):
+            ids[row, : len(rows[i][0])] = torch.tensor(rows[i][0])
+        logits = model(input_ids=ids.to(device)).logits
+        for row, i in enumerate(batch):
+            x, cont = rows[i]
+            # only the positions that predict the continuation: log_softmax of those
+            span = logits[row, len(x) - len(cont) : len(x)].float()
+            scores[i] = _summed(span, cont)
+        tick(len(batch))
+
+
+def _summed(logits, cont) -> float:
+    """Summed log-prob of the tokens `cont`, each predicted by its row of `logits`."""
+    import torch
+
+    logp = torch.log_softmax(logits.float(), dim=-1).cpu()
+    return float(logp[torch.arange(len(cont)), torch.tensor(cont)].sum())
+
+
+def _cache_argument(model) -> str:
+    """The forward() keyword of the KV cache: `cache` (transformers >= 5.2x), else the older
+    `past_key_values`."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _returns_cache(model) -> bool:
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return "use_cache" in params and _cache_argument(model) in params
+
+
+def _shared_context_logprobs(model, groups, rows, batch_size, scores, tick) -> set[int]:
+    """Score each group of requests with one context: the contexts (of equal length, so no
+    padding) run once with use_cache; the cache is repeated for each continuation, which then
+    feeds all its tokens but the last, right-padded. Returns the requests it scored (none if
+    the model gives back no cache it can repeat)."""
+    import torch
+
+    device = next(iter(model.parameters())).device
+    argument = _cache_argument(model)
+    by_length: dict[int, list[tuple]] = {}
+    for ctx in groups:
+        by_length.setdefault(len(ctx), []).append(ctx)
+    scored: set[int] = set()
+    for length, contexts in sorted(by_length.items(), reverse=True):
+        chunk, n_rows = [], 0
+        for k, ctx in enumerate(contexts):
+            chunk.append(ctx)
+            n_rows += len(groups[ctx])
+            width = max(len(rows[i][1]) for c in chunk for i in groups[c])
+            last = k == len(contexts) - 1
+            if not last and n_rows < _rows_per_pass(model, length + width, batch_size):
+                continue
+            out = model(torch.tensor([list(c) for c in chunk], device=device), use_cache=True)
+            cache = out.get("cache", None)
+            cache = out.get("past_key_values", None) if cache is None else cache
+            if not hasattr(cache, "batch_select_indices"):
+                return scored  # no cache to reuse: the caller scores the rest padded
+            members = [(row, i) for row, c in enumerate(chunk) for i in groups[c]]
+            first = torch.log_softmax(out.logits[:, -1].float(), dim=-1).cpu()
+            feed_width = max(len(rows[i][1]) for _, i in members) - 1
+            if feed_width > 0:
+                cache.batch_select_indices(torch.tensor([row for row, _ in members], device=device))
+                feed = torch.zeros(len(members), feed_width, dtype=torch.long)
+                for r, (_, i) in enumerate(members):
+                    cont = rows[i][1]
+                    feed[r, : len(cont) - 1] = torch.tensor(cont[:-1])
+                logits = model(feed.to(device), use_cache=True, **{argument: cache}).logits
+            for r, (row, i) in enumerate(members):
+                cont = rows[i][1]
+                scores[i] = float(first[row, cont[0]]) + (
+                    _summed(logits[r, : len(cont) - 1], cont[1:]) if len(cont) > 1 else 0.0)
+                scored.add(i)
+            tick(len(members))
+            chunk, n_rows = [], 0
+    return scored
+
+
+def choice_logprobs(
+    model, tokenizer, context: str, choices: Sequence[str], delimiter: str = TARGET_DELIMITER
+) -> np.ndarray:
+    """Summed log-probability (nats) of each choice given the context, all choices in one batch."""
+    validate.model(model), hf_tokenizer(tokenizer), text(context, "context"), text(delimiter, "delimiter")
+    choices = validate.texts(choices, "choices")
+    pairs = [encode_pair(tokenizer, context, delimiter + choice) for choice in choices]
+    for _, cont in pairs:
+        if not cont:
+            raise LabkitError(f"a choice of {list(choices)!r} encodes to no tokens")
+    return continuation_logprobs(model, pairs, batch_size=len(pairs))
 
 
 def scored_choices(item: dict, scoring: str = "continuation") -> list[str]:
@@ -247,6 +379,7 @@ def score_items(
     progress: Callable[[int, int], None] | None = None,
     scoring: str = "continuation",
     description: str = "",
+    batch_size: int = 128,
 ):
     """One row per item: each choice's log-prob, the acc and acc_norm predictions and hits.
 
@@ -254,22 +387,36 @@ def score_items(
     them under the question (LETTER_TEMPLATE) and scores " A", " B", ... as lm-eval's MMLU does
     (acc_norm then equals acc: every letter is one character). `template` replaces the prompt;
     `description` (Jinja over the item, e.g. MMLU_DESCRIPTION) goes before it, as lm-eval's
-    task `description`.
+    task `description`. `batch_size` choices (of any items) share one padded forward pass.
     """
     import pandas as pd
 
-    validate.model(model), hf_tokenizer(tokenizer), maybe(text)(template, "template")
-    text(delimiter, "delimiter"), maybe(function)(progress, "progress"), text(description, "description")
     if scoring not in SCORINGS:
         raise LabkitError(f"scoring={scoring!r}; valid: {', '.join(SCORINGS)}")
+    validate.model(model), hf_tokenizer(tokenizer), maybe(text)(template, "template")
+    text(delimiter, "delimiter"), maybe(function)(progress, "progress"), text(description, "description")
     if template is None:
         template = LETTER_TEMPLATE if scoring == "letters" else PROMPT_TEMPLATE
-    rows = []
+    validate.positive_int(batch_size, "batch_size")
     checked = validate_items(items)
+    # Every choice of every item is one request; they are scored many to a forward pass.
+    requests, owner = [], []
     for index, item in enumerate(checked):
         prompt = render_prompt(item, description + template)
+        for choice in scored_choices(item, scoring):
+            ctx, cont = encode_pair(tokenizer, prompt, delimiter + choice)
+            if not cont:
+                raise LabkitError(f"item {item['id']!r}: choice {choice!r} encodes to no tokens")
+            requests.append((ctx, cont))
+            owner.append(index)
+    report = None if progress is None else (
+        lambda done, total: progress(len(checked) * done // total, len(checked)))
+    scores = continuation_logprobs(model, requests, batch_size, report)
+    owner = np.array(owner)
+    rows = []
+    for index, item in enumerate(checked):
         choices = scored_choices(item, scoring)
-        logprobs = choice_logprobs(model, tokenizer, prompt, choices, delimiter)
+        logprobs = scores[owner == index]
         chars = np.array([len(c) for c in choices], dtype=float)
         pred, pred_norm = int(np.argmax(logprobs)), int(np.argmax(logprobs / chars))
         rows.append(
@@ -285,8 +432,6 @@ def score_items(
                 "acc_norm": float(pred_norm == item["answer"]),
             }
         )
-        if progress is not None:
-            progress(index + 1, len(checked))
     return pd.DataFrame(rows)
 
 

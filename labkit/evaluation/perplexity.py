@@ -26,7 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import validate
 from ..errors import LabkitError
+from ..validate import checks, maybe, nonnegative, nonnegative_int, positive_int
 
 
 @dataclass(frozen=True)
@@ -60,10 +62,11 @@ class PerplexityResult:
         return bits_per_byte(self.total_nll, self.n_bytes)
 
 
+@checks(total_nll=nonnegative)
 def bits_per_byte(total_nll: float, n_bytes: int) -> float:
     """Total NLL (nats) expressed in bits, per UTF-8 byte of the scored text."""
-    if n_bytes <= 0:
-        raise LabkitError(f"n_bytes={n_bytes}: need a non-empty text to measure bits per byte")
+    if isinstance(n_bytes, bool) or not isinstance(n_bytes, (int, np.integer)) or n_bytes <= 0:
+        raise LabkitError(f"n_bytes={n_bytes!r}: need a non-empty text to measure bits per byte")
     return float(total_nll) / math.log(2) / n_bytes
 
 
@@ -89,6 +92,7 @@ def prefix_token_id(tokenizer, override: int | None = None) -> int:
     )
 
 
+@checks(n_tokens=nonnegative_int, window=positive_int)
 def disjoint_windows(n_tokens: int, window: int) -> list[tuple[int, int, int]]:
     """(begin, end, n_new) over the stream prefix+tokens: input stream[begin:end] predicts
     stream[begin+1:end+1] and all of its predictions are new."""
@@ -96,9 +100,12 @@ def disjoint_windows(n_tokens: int, window: int) -> list[tuple[int, int, int]]:
     return [(b, min(b + window, last), min(b + window, last) - b) for b in range(0, last, window)]
 
 
+@checks(n_tokens=nonnegative_int, window=positive_int, stride=positive_int)
 def strided_windows(n_tokens: int, window: int, stride: int) -> list[tuple[int, int, int]]:
     """(begin, end, n_new) of the HF strided recipe: windows begin every `stride` tokens, hold up
     to `window` tokens of input, and score only their last n_new (not yet scored) predictions."""
+    if stride > window:  # windows would leave tokens between them unscored
+        raise LabkitError(f"stride={stride}: valid is 1..window={window}")
     plan, done = [], 0
     for begin in range(0, n_tokens, stride):
         end = min(begin + window, n_tokens)
@@ -124,37 +131,47 @@ def _model_device(model):
 
 def score_windows(model, stream: Sequence[int], plan, batch_size: int = 8):
     """Token NLLs (nats) and context lengths of stream[1:] scored by the windows of `plan`."""
+    (nll,), (context,) = score_streams(model, [stream], [plan], batch_size)
+    return nll, context
+
+
+def score_streams(model, streams: Sequence[Sequence[int]], plans, batch_size: int = 8):
+    """score_windows for several streams (documents) at once: the windows of all of them share
+    batches, longest first, right-padded. A causal model never looks right, so padding changes
+    no real position's prediction (beyond float rounding), and short documents cost one forward
+    pass per `batch_size` of them instead of one each. Returns (nlls, contexts), one array each
+    per stream."""
     import torch
 
-    n_targets = len(stream) - 1
-    nll = np.full(n_targets, np.nan)
-    context = np.zeros(n_targets, dtype=np.int64)
-    ids = torch.tensor(list(stream), dtype=torch.long)
+    jobs = [(s, b, e, n_new) for s, plan in enumerate(plans) for b, e, n_new in plan]
+    nlls = [np.full(len(stream) - 1, np.nan) for stream in streams]
+    contexts = [np.zeros(len(stream) - 1, dtype=np.int64) for stream in streams]
+    ids = [torch.tensor(list(stream), dtype=torch.long) for stream in streams]
+    order = sorted(range(len(jobs)), key=lambda j: jobs[j][1] - jobs[j][2])  # longest first
     device = _model_device(model)
-    by_length: dict[int, list[tuple[int, int, int]]] = {}
-    for begin, end, n_new in plan:
-        by_length.setdefault(end - begin, []).append((begin, end, n_new))
     was_training = getattr(model, "training", False)
     model.eval()
     try:
         with torch.no_grad():
-            for length, group in by_length.items():
-                for start in range(0, len(group), batch_size):
-                    batch = group[start : start + batch_size]
-                    inputs = torch.stack([ids[b:e] for b, e, _ in batch]).to(device)
-                    targets = torch.stack([ids[b + 1 : e + 1] for b, e, _ in batch]).to(device)
-                    logp = torch.log_softmax(_logits(model, inputs).float(), dim=-1)
-                    token_nll = -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-                    token_nll = token_nll.double().cpu().numpy()
-                    for row, (b, e, n_new) in enumerate(batch):
-                        # target index j predicts stream[j + 1] from stream[b : j + 1]
-                        nll[e - n_new : e] = token_nll[row, length - n_new :]
-                        context[e - n_new : e] = np.arange(e - n_new, e) - b + 1
+            for start in range(0, len(order), batch_size):
+                batch = [jobs[j] for j in order[start : start + batch_size]]
+                width = max(e - b for _, b, e, _ in batch)
+                inputs = torch.zeros(len(batch), width, dtype=torch.long)
+                targets = torch.zeros(len(batch), width, dtype=torch.long)
+                for row, (s, b, e, _) in enumerate(batch):
+                    inputs[row, : e - b], targets[row, : e - b] = ids[s][b:e], ids[s][b + 1 : e + 1]
+                logp = torch.log_softmax(_logits(model, inputs.to(device)).float(), dim=-1)
+                token_nll = -logp.gather(-1, targets.to(device).unsqueeze(-1)).squeeze(-1)
+                token_nll = token_nll.double().cpu().numpy()
+                for row, (s, b, e, n_new) in enumerate(batch):
+                    # target index j predicts stream[j + 1] from stream[b : j + 1]
+                    nlls[s][e - n_new : e] = token_nll[row, e - b - n_new : e - b]
+                    contexts[s][e - n_new : e] = np.arange(e - n_new, e) - b + 1
     finally:
         model.train(was_training)
-    if np.isnan(nll).any():
+    if any(np.isnan(nll).any() for nll in nlls):
         raise LabkitError("the window plan left tokens unscored; stride must be <= window")
-    return nll, context
+    return nlls, contexts
 
 
 def perplexity(
@@ -172,6 +189,11 @@ def perplexity(
     stride: tokens between window starts (HF strided recipe); None gives disjoint chunks, and
         stride == window computes exactly the same thing by the strided recipe.
     """
+    validate.model(model), validate.hf_tokenizer(tokenizer), positive_int(batch_size, "batch_size")
+    maybe(positive_int)(window, "window"), maybe(positive_int)(stride, "stride")
+    maybe(nonnegative_int)(prefix_token, "prefix_token")
+    if not isinstance(texts, (str, list, tuple)):
+        raise LabkitError(f"texts must be a string or a list of strings, got {type(texts).__name__}")
     docs = [texts] if isinstance(texts, str) else list(texts)
     if not docs or not all(isinstance(d, str) and d for d in docs):
         raise LabkitError("texts must be a non-empty string or a list of non-empty strings")
@@ -185,7 +207,7 @@ def perplexity(
         raise LabkitError(f"stride={stride}: valid is 1..window={window}")
     prefix = prefix_token_id(tokenizer, prefix_token)
 
-    nlls, contexts, forward, windows, n_bytes = [], [], 0, 0, 0
+    streams, plans, forward, windows, n_bytes = [], [], 0, 0, 0
     for doc in docs:
         tokens = tokenizer(doc, add_special_tokens=False)["input_ids"]
         if not tokens:
@@ -194,12 +216,12 @@ def perplexity(
             plan = disjoint_windows(len(tokens), window)
         else:
             plan = strided_windows(len(tokens), window, stride)
-        nll, context = score_windows(model, [prefix, *tokens], plan, batch_size)
-        nlls.append(nll)
-        contexts.append(context)
+        streams.append([prefix, *tokens])
+        plans.append(plan)
         forward += sum(e - b for b, e, _ in plan)
         windows += len(plan)
         n_bytes += len(doc.encode("utf-8"))
+    nlls, contexts = score_streams(model, streams, plans, batch_size)
     return PerplexityResult(
         nll=np.concatenate(nlls),
         context=np.concatenate(contexts),
@@ -215,10 +237,12 @@ def stride_sweep(model, tokenizer, texts, window: int, strides: Sequence[int], b
     """One row per stride: perplexity, bits per byte, mean context and compute (forward tokens)."""
     import pandas as pd
 
+    positive_int(window, "window")
+    strides = validate.items(strides, "strides", what="strides in 1..window", empty=True)
     if not strides:
         raise LabkitError("strides is empty: give at least one stride in 1..window")
     rows = []
-    for stride in sorted(set(int(s) for s in strides)):
+    for stride in sorted({positive_int(s, "strides") for s in strides}):
         result = perplexity(model, tokenizer, texts, window, stride, batch_size=batch_size)
         rows.append(
             {
@@ -239,6 +263,8 @@ def stride_figure(sweep, device: str = "cpu", title: str | None = None):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
+    validate.frame("stride", "perplexity", "forward_tokens")(sweep, "sweep")
+    validate.text(device, "device")
     fig = make_subplots(specs=[[{"secondary_y": True}]])
     fig.add_trace(
         go.Scatter(

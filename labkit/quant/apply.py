@@ -233,6 +233,7 @@ def quantize_model(
     double_quant: bool = True,
     inplace: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
+    cache: bool = False,
 ) -> nn.Module:
     """A copy of `model` (or the model itself, inplace=True) with its linear layers quantized.
 
@@ -240,6 +241,7 @@ def quantize_model(
     "nf4" (bits 4; group_size is the NF4 blocksize, 64 by default), "llm_int8" (bits 8),
     "gptq" and "awq" (both need `calib`, token ids (n, seq_len)). group_size None means one
     scale per output channel; otherwise it must divide every quantized layer's in_features.
+    cache: GPTQ and AWQ keep their result in the user's cache (labkit.quant.cache).
     """
     validate.model(model)
     if scheme not in METHODS:
@@ -292,6 +294,7 @@ def quantize_model(
             damp=damp,
             include_lm_head=include_lm_head,
             progress=progress,
+            cache=cache,
         )
 
         def make(name, lin):
@@ -307,6 +310,7 @@ def quantize_model(
             "zeropoint",
             include_lm_head=include_lm_head,
             progress=progress,
+            cache=cache,
         )
 
         def make(name, lin):

@@ -30,6 +30,8 @@ from .gptq import (
     linear_layers,
     linear_weight,
     output_error,
+    quantized_from_state,
+    quantized_state,
     sequential_quantize,
 )
 from .schemes import QuantizedTensor, check_bits, check_finite, check_group_size, quantize
@@ -99,10 +101,13 @@ def awq_quantize_model(
     scheme: str = "zeropoint",
     n_grid: int = 20,
     include_lm_head: bool = False,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     progress: Callable[[int, int, str], None] | None = None,
+    cache: bool = False,
 ) -> dict[str, AWQResult]:
-    """AWQ over every linear layer in forward order (each layer sees quantized upstream layers)."""
+    """AWQ over every linear layer in forward order (each layer sees quantized upstream layers).
+    cache=True: as gptq_quantize_model (labkit.quant.cache)."""
+    from .cache import cached_quantization
     check_model_inputs(model, calib, bits, scheme, batch_size)
     for name, layer in linear_layers(model, include_lm_head).items():
         if group_size:
@@ -115,5 +120,22 @@ def awq_quantize_model(
         results[name] = res
         return res.weight
 
-    sequential_quantize(model, calib, quantize_layer, include_lm_head, batch_size, progress)
-    return results
+    def compute():
+        sequential_quantize(model, calib, quantize_layer, include_lm_head, batch_size, progress)
+        return results
+
+    settings = {"bits": bits, "group_size": group_size, "scheme": scheme, "n_grid": n_grid,
+                "include_lm_head": include_lm_head, "batch_size": batch_size}
+    return cached_quantization("awq", model, calib, settings, cache, compute, _result_state,
+                               _result_from_state, include_lm_head, progress)
+
+
+def _result_state(res: AWQResult) -> dict:
+    return {"quantized": quantized_state(res.quantized), "input_scale": res.input_scale,
+            "alpha": res.alpha, "errors": dict(res.errors), "rtn_error": res.rtn_error}
+
+
+def _result_from_state(state: dict) -> AWQResult:
+    q, s = quantized_from_state(state["quantized"]), state["input_scale"]
+    # the same arithmetic as awq_search's w_hat: bit for bit
+    return AWQResult(q, s, state["alpha"], q.dequantize() / s, state["errors"], state["rtn_error"])

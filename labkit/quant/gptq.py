@@ -141,7 +141,7 @@ def gptq_quantize_weight(
     level_range(bits, scheme)
     if w.dim() != 2 or hessian.shape != (w.shape[1], w.shape[1]):
         raise LabkitError(
-            f"{name}: weight {tuple(w.shape)} needs a hessian of shape "
+            f"{name}: weight {tuple(w.shape)} needs a Hessian of shape "
             f"({w.shape[-1]}, {w.shape[-1]}), got {tuple(hessian.shape)}"
         )
     validate.nums(0.0, 1.0, low_open=True, high_open=True)(damp, "damp")
@@ -226,6 +226,31 @@ def dequantize_result(result: GPTQResult) -> torch.Tensor:
     return w if result.perm is None else w[:, torch.argsort(result.perm)]
 
 
+def quantized_state(q: QuantizedTensor) -> dict:
+    """A QuantizedTensor as plain tensors and numbers (for the cache)."""
+    return {"codes": q.codes, "scales": q.scales, "zeros": q.zeros, "bits": q.bits,
+            "scheme": q.scheme, "granularity": q.granularity, "group_size": q.group_size,
+            "shape": list(q.shape)}
+
+
+def quantized_from_state(state: dict) -> QuantizedTensor:
+    return QuantizedTensor(state["codes"], state["scales"], state["zeros"], state["bits"],
+                           state["scheme"], state["granularity"], state["group_size"],
+                           tuple(state["shape"]))
+
+
+def _result_state(res: GPTQResult) -> dict:
+    return {"quantized": quantized_state(res.quantized), "perm": res.perm, "error": res.error,
+            "rtn_error": res.rtn_error}
+
+
+def _result_from_state(state: dict) -> GPTQResult:
+    res = GPTQResult(quantized_from_state(state["quantized"]), state["perm"], torch.empty(0),
+                     state["error"], state["rtn_error"])
+    res.weight = dequantize_result(res)  # the same arithmetic as GPTQ's own Q: bit for bit
+    return res
+
+
 # ----------------------------------------------------------------------------------------------
 # A whole model, layer by layer
 
@@ -268,7 +293,22 @@ def linear_layers(model: nn.Module, include_lm_head: bool = False) -> dict[str, 
 def check_model_inputs(model, calib, bits, scheme, batch_size) -> None:
     """The arguments every whole-model quantizer takes, checked before any layer is touched."""
     validate.model(model), check_bits(bits), level_range(bits, scheme)
-    validate.positive_int(batch_size, "batch_size"), calibration_batches(calib, batch_size)
+    validate.maybe(validate.positive_int)(batch_size, "batch_size")
+    calibration_batches(calib, batch_size or 8)
+
+
+# Calibration values (sequences x tokens x hidden size) that go through a block in one batch
+# when no batch_size is given: 64 MiB of hidden states in fp32. The shipped model's 128 x 128
+# tokens (hidden 192) and GPT-2 on 32 x 128 fit; a 7B model's 2048-token sequences go 2 at a time.
+ONE_PASS_VALUES = 2**24
+
+
+def sequences_per_batch(model: nn.Module, calib) -> int:
+    """How many calibration sequences make one batch of at most ONE_PASS_VALUES values."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    hidden = embeddings.weight.shape[1] if embeddings is not None else 1024
+    lengths = [b.shape[-1] for b in calibration_batches(calib, 1 << 30)]
+    return max(1, ONE_PASS_VALUES // (max(lengths) * hidden))
 
 
 def calibration_batches(calib, batch_size: int = 8) -> list[torch.Tensor]:
@@ -394,11 +434,56 @@ def _shared_input_group(block, layers, names, inputs) -> tuple[list[str], InputS
     return group, stats
 
 
+@torch.no_grad()
+def _quantize_block_in_one_pass(block, names, layers, quantize_layer, inputs, done) -> tuple:
+    """Run the block once on its (single batch of) inputs, quantizing each linear layer in a
+    hook the moment its input arrives: the forward pass then goes on with the quantized weight,
+    so every later layer sees its upstream layers' errors, exactly as layer-by-layer capture.
+    Layers fed the very same tensor (q, k, v; gate, up) share one InputStats."""
+    (args, kwargs), = inputs
+    shared = {}
+
+    def hook(module, hook_args, name):
+        if name in done:  # a layer called twice in one forward pass is quantized once
+            return
+        x = hook_args[0]
+        if shared.get("x") is not x:
+            shared["x"], shared["stats"] = x, InputStats(in_features(module))
+            shared["stats"].add(x)
+        set_linear_weight(module, quantize_layer(name, module, shared["stats"]))
+        done.append(name)
+
+    handles = [layers[n].register_forward_pre_hook(lambda m, a, n=n: hook(m, a, n)) for n in names]
+    try:
+        out = block(*args, **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    missed = [n for n in names if n not in done]
+    if missed:
+        raise LabkitError(f"no calibration tokens reached {', '.join(missed)} in a forward pass")
+    return ((out[0] if isinstance(out, tuple) else out,) + tuple(args[1:]), kwargs)
+
+
 def _blockwise_quantize(model, batches, layers, quantize_layer, progress, path, blocks) -> None:
     """sequential_quantize, one block at a time: each block's inputs are computed once and
     cached, so the calibration text runs through the model about once instead of once per
-    layer (GPTQ's reference implementation does the same). Same inputs, same result."""
+    layer (GPTQ's reference implementation does the same). Same inputs, same result.
+
+    With one batch, each block runs once and its layers are quantized inside that pass; with
+    several, the block runs from its start up to each group of layers that share an input."""
     inputs = _first_block_inputs(model, blocks[0], batches)
+    done = []
+    if len(inputs) == 1:
+        for i, block in enumerate(blocks):
+            names = [n for n in layers if n.startswith(f"{path}.{i}.")]
+            before = len(done)
+            inputs = [_quantize_block_in_one_pass(block, names, layers, quantize_layer, inputs,
+                                                  done)]
+            if progress is not None:
+                for k, name in enumerate(done[before:], before + 1):
+                    progress(k, len(layers), name)
+        return
     done = 0
     for i, block in enumerate(blocks):
         remaining = [n for n in layers if n.startswith(f"{path}.{i}.")]
@@ -423,7 +508,7 @@ def sequential_quantize(
     calib,
     quantize_layer: Callable[[str, nn.Module, InputStats], torch.Tensor],
     include_lm_head: bool = False,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     progress: Callable[[int, int, str], None] | None = None,
     blockwise: bool = True,
 ) -> None:
@@ -433,8 +518,11 @@ def sequential_quantize(
     weight in place, so the next layer's inputs already carry this layer's quantization error.
     With `blockwise` (and a model whose linear layers all sit in its transformer blocks), block
     inputs are cached; otherwise the calibration batches run from the embeddings to each layer.
+    batch_size: calibration sequences per forward pass; None takes as many as fit
+    ONE_PASS_VALUES, so a small calibration set is one batch and each block runs once.
     """
-    batches = calibration_batches(calib, batch_size)
+    validate.maybe(validate.positive_int)(batch_size, "batch_size")
+    batches = calibration_batches(calib, batch_size or sequences_per_batch(model, calib))
     was_training = model.training
     model.eval()
     layers = linear_layers(model, include_lm_head)
@@ -467,14 +555,19 @@ def gptq_quantize_model(
     block_size: int = 128,
     damp: float = 0.01,
     include_lm_head: bool = False,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     progress: Callable[[int, int, str], None] | None = None,
+    cache: bool = False,
 ) -> dict[str, GPTQResult]:
     """GPTQ over every linear layer, sequentially; the model's weights become the quantized ones.
 
     Returns {layer name: GPTQResult} with each layer's GPTQ and RTN output errors measured on
-    the same captured calibration inputs.
+    the same captured calibration inputs. cache=True keeps the result in the user's cache,
+    keyed by the weights, calibration ids, settings, code and numeric environment
+    (labkit.quant.cache), and reads it from there next time.
     """
+    from .cache import cached_quantization
+
     check_model_inputs(model, calib, bits, scheme, batch_size)
     for name, layer in linear_layers(model, include_lm_head).items():
         if group_size:
@@ -492,5 +585,12 @@ def gptq_quantize_model(
         results[name] = res
         return res.weight
 
-    sequential_quantize(model, calib, quantize_layer, include_lm_head, batch_size, progress)
-    return results
+    def compute():
+        sequential_quantize(model, calib, quantize_layer, include_lm_head, batch_size, progress)
+        return results
+
+    settings = {"bits": bits, "group_size": group_size, "scheme": scheme, "act_order": act_order,
+                "block_size": block_size, "damp": damp, "include_lm_head": include_lm_head,
+                "batch_size": batch_size}
+    return cached_quantization("gptq", model, calib, settings, cache, compute, _result_state,
+                               _result_from_state, include_lm_head, progress)

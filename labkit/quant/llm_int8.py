@@ -55,8 +55,17 @@ def int8_quantize_weight(w: torch.Tensor, name: str = "weight") -> Int8Weight:
     return Int8Weight(codes, scales)
 
 
+def _threshold(threshold) -> float:
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold >= 0 \
+            or threshold == float("inf"):
+        raise LabkitError(f"threshold={threshold!r} must be a finite number >= 0 (0 turns outlier "
+                          "handling off)")
+    return threshold
+
+
 def outlier_columns(x: torch.Tensor, threshold: float = DEFAULT_THRESHOLD) -> torch.Tensor:
     """Indices of the input columns (hidden dimensions) where any |x| >= threshold."""
+    check_finite(x, "x"), _threshold(threshold)
     if threshold <= 0:
         return torch.empty(0, dtype=torch.long, device=x.device)
     return torch.nonzero((x.abs() >= threshold).any(dim=0)).flatten()
@@ -69,9 +78,12 @@ def llm_int8_matmul(
     threshold: float = DEFAULT_THRESHOLD,
 ) -> torch.Tensor:
     """y = x @ W^T (+ bias) the LLM.int8() way; x is (..., in_features)."""
-    if threshold < 0:
-        raise LabkitError(f"threshold={threshold!r} must be >= 0 (0 turns outlier handling off)")
+    _threshold(threshold)
     check_finite(x, "input")
+    if not isinstance(weight, Int8Weight):
+        raise LabkitError(f"weight must be an Int8Weight (from int8_quantize_weight), got {type(weight).__name__}")
+    if x.shape[-1] != weight.codes.shape[1]:
+        raise LabkitError(f"x has {x.shape[-1]} features but the weight expects {weight.codes.shape[1]}")
     shape = x.shape
     x2 = x.reshape(-1, shape[-1]).float()
     outliers = outlier_columns(x2, threshold)

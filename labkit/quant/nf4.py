@@ -196,6 +196,8 @@ def nf4_quantize(
 
 def nf4_dequantize(t: NF4Tensor) -> torch.Tensor:
     """level[code] * absmax of the code's block, in fp32."""
+    if not isinstance(t, NF4Tensor):
+        raise LabkitError(f"t must be an NF4Tensor (from nf4_quantize), got {type(t).__name__}")
     numel = 1
     for d in t.shape:
         numel *= d

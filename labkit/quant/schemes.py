@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import validate
 from ..errors import LabkitError
 
 SCHEMES = ("absmax", "zeropoint")
@@ -43,12 +44,19 @@ class QuantizedTensor:
     group_size: int | None
     shape: tuple[int, ...]
 
+    def __post_init__(self):
+        check_bits(self.bits), level_range(self.bits, self.scheme)
+        for name in ("codes", "scales"):
+            validate.tensor(getattr(self, name), name)
+
     def dequantize(self) -> torch.Tensor:
         return dequantize_codes(self.codes, self.scales, self.zeros)
 
 
 def check_bits(bits, name: str = "bits") -> int:
     if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
+        if name != "bits":
+            raise LabkitError(f"{name}: bits={bits!r} is not supported; valid: an integer from 2 to 8")
         raise LabkitError(f"{name}={bits!r} is not supported; valid: an integer from 2 to 8")
     return bits
 
@@ -181,7 +189,7 @@ def dequantize_codes(codes, scales, zeros=None) -> torch.Tensor:
 
 
 def dequantize(qt: QuantizedTensor) -> torch.Tensor:
-    return qt.dequantize()
+    return validate.instance(qt, "qt", QuantizedTensor).dequantize()
 
 
 def fake_quantize(
@@ -208,6 +216,14 @@ def reconstruction_errors(
 ):
     """A table (pandas) of relative RMS error and max error for each scheme x granularity x bits."""
     import pandas as pd
+
+    bits_list = [check_bits(b, "bits_list") for b in validate.items(bits_list, "bits_list")]
+    schemes = [validate.one_of(s, "schemes", SCHEMES) for s in validate.items(schemes, "schemes")]
+    granularities = [validate.one_of(g, "granularities", GRANULARITIES)
+                     for g in validate.items(granularities, "granularities")]
+    check_finite(w, name)
+    if "group" in granularities:
+        check_group_size(group_size, w.shape[-1], name)
 
     rows = []
     for scheme in schemes:
@@ -249,9 +265,17 @@ def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
 def unpack_bits(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
     """Inverse of pack_bits: the first `numel` codes as int64."""
-    byte = packed.reshape(-1).to(torch.int64)
+    if 8 % bits == 0:  # whole codes in each byte (2, 4 bits): shift them out, first code highest
+        shifts = torch.arange(8 - bits, -1, -bits, dtype=torch.uint8, device=packed.device)
+        codes = (packed.reshape(-1, 1).to(torch.uint8) >> shifts) & (2**bits - 1)
+        return codes.reshape(-1)[:numel].to(torch.int64)
+    # 3, 5, 6, 7 bits: codes straddle bytes; split every byte into its bits (in uint8, 8x less
+    # memory than int64), then read `bits` of them at a time, most significant first
+    byte = packed.reshape(-1).to(torch.uint8)
     byte = torch.nn.functional.pad(byte, (0, (-byte.numel()) % bits))
-    shifts = torch.arange(7, -1, -1, device=byte.device)
-    bitstream = ((byte.unsqueeze(-1) >> shifts) & 1).reshape(-1, bits)
-    codes = (bitstream * 2 ** torch.arange(bits - 1, -1, -1, device=byte.device)).sum(dim=-1)
-    return codes[:numel]
+    shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=byte.device)
+    bitstream = ((byte.unsqueeze(-1) >> shifts) & 1).reshape(-1, bits)[:numel]
+    codes = bitstream[:, 0].to(torch.int64)
+    for k in range(1, bits):
+        codes = (codes << 1) | bitstream[:, k]
+    return codes

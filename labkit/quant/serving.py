@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from .. import validate
 from ..errors import LabkitError
 
 GB = 1e9
@@ -85,10 +86,9 @@ def model_spec(model) -> ModelSpec:
 
 
 def bits_per_weight(precision: str, group_size: int = 128) -> float:
-    if precision not in PRECISIONS:
+    if not isinstance(precision, str) or precision not in PRECISIONS:
         raise LabkitError(f"precision={precision!r} is not known; valid: {', '.join(PRECISIONS)}")
-    if not isinstance(group_size, int) or group_size < 1:
-        raise LabkitError(f"group_size={group_size!r} must be a positive integer")
+    validate.positive_int(group_size, "group_size")
     bits, group_bits = PRECISIONS[precision]
     if precision == "nf4":
         return bits + group_bits / 64 + 32 / (64 * 256)
@@ -96,8 +96,7 @@ def bits_per_weight(precision: str, group_size: int = 128) -> float:
 
 
 def weight_bytes(n_params: int, precision: str = "fp16", group_size: int = 128) -> float:
-    if not isinstance(n_params, int) or n_params < 1:
-        raise LabkitError(f"n_params={n_params!r} must be a positive integer")
+    validate.positive_int(n_params, "n_params")
     return n_params * bits_per_weight(precision, group_size) / 8
 
 
@@ -119,8 +118,7 @@ def kv_cache_bytes(
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise LabkitError(f"{name}={value!r} must be a positive integer")
-    if not bytes_per_value > 0:
-        raise LabkitError(f"bytes_per_value={bytes_per_value!r} must be positive (2 for fp16)")
+    validate.positive(bytes_per_value, "bytes_per_value")
     return 2 * n_layers * n_kv_heads * head_dim * context * batch * bytes_per_value
 
 
@@ -162,8 +160,8 @@ def gpu_fit_table(
     """A pandas table: one row per precision, memory in GB and a True/False column per GPU."""
     import pandas as pd
 
-    if not 0 < headroom <= 1:
-        raise LabkitError(f"headroom={headroom!r} must be in (0, 1]: the usable share of a GPU")
+    validate.fraction(headroom, "headroom", low_open=True)
+    precisions = validate.texts(precisions, "precisions")
     rows = []
     for precision in precisions:
         est = serving_memory(model, precision, context, batch, kv_bytes, group_size)

@@ -174,7 +174,8 @@ class TradeoffBench:
     texts: held-out documents (perplexity, each document scored on its own); items: knowledge
     test questions (accuracy by log-likelihood); calib: token ids (n, seq_len) for GPTQ/AWQ;
     awq_samples: how many of those sequences AWQ uses (None: all; the AWQ paper finds 16
-    enough where GPTQ wants 128 or more); latency_tokens: tokens generated to time decoding.
+    enough where GPTQ wants 128 or more); latency_tokens: tokens generated to time decoding;
+    cache: keep calibrated quantizations in the user's cache (labkit.quant.cache).
     """
 
     model: nn.Module
@@ -187,6 +188,7 @@ class TradeoffBench:
     device: str = "cpu"
     keep_models: bool = False  # keep each quantized model in .models (key -> model)
     awq_samples: int | None = None
+    cache: bool = False
 
     def __post_init__(self):
         self.models: dict[tuple, nn.Module] = {}
@@ -216,7 +218,7 @@ class TradeoffBench:
             else:
                 quantized = quantize_model(
                     self.model, scheme, bits, group_size,
-                    self._calib_for(scheme), damp=self.damp,
+                    self._calib_for(scheme), damp=self.damp, cache=self.cache,
                     progress=lambda k, n, name: report(0.4 * k / n, f"{scheme}: {name}"))
                 # LLM.int8 rounds activations too: only the quantized model itself computes it
                 evaluated = (quantized if scheme == "llm_int8"
@@ -300,10 +302,11 @@ def quantization_damage(reference: nn.Module, models: Mapping[str, nn.Module], t
         refs = [(ref[row, :len(t)], -ref[row, :len(t)].gather(1, t)[:, 0], ref[row, :len(t)].exp())
                 for row, t in enumerate(targets)]
         for name, model in models.items():
-            logp = torch.log_softmax(model(inputs).logits.float(), dim=-1)
+            logits = model(inputs).logits
             for row, (i, target) in enumerate(zip(batch, targets)):
                 r, r_nll, r_prob = refs[row]
-                q = logp[row, :len(target)]
+                # row by row: a batch's log-probs for a 50k vocabulary would be hundreds of MB
+                q = torch.log_softmax(logits[row, :len(target)].float(), dim=-1)
                 nll = -q.gather(1, target)[:, 0]
                 out[name]["nll"][i], out[name]["extra_nll"][i] = nll, nll - r_nll
                 out[name]["kl"][i] = (r_prob * (r - q)).sum(-1)

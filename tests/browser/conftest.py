@@ -201,7 +201,10 @@ def jupyter_server(tmp_path_factory):
     runtime.mkdir()
     env = dict(os.environ, JUPYTERLAB_SETTINGS_DIR=str(settings),
                JUPYTERLAB_WORKSPACES_DIR=str(workspaces), JUPYTER_RUNTIME_DIR=str(runtime),
-               LABKIT_PROFILE=os.environ.get("LABKIT_PROFILE", "cpu"))
+               LABKIT_PROFILE=os.environ.get("LABKIT_PROFILE", "cpu"),
+               # the capstone (lab 11) runs its smoke config into a fresh folder, as under nbval
+               LABKIT_CAPSTONE_CONFIG=os.environ.get("LABKIT_CAPSTONE_CONFIG", "smoke"),
+               LABKIT_CAPSTONE_RUN_DIR=str(home / "capstone-runs"))
     port, token = free_port(), secrets.token_hex(24)
     cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser",
            "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",

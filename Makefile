@@ -40,8 +40,9 @@ lab: $(STAMP)
 
 test: test-unit test-labs test-browser
 
+# Unit tests run two files at a time too (pytest-xdist): a module's fixtures stay in one worker.
 test-unit: $(STAMP)
-	$(BIN)/python -m pytest tests -m "not browser" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests -m "not browser" $(PARALLEL) $(PYTEST_ARGS)
 
 test-labs: $(STAMP)
 	$(BIN)/python -m pytest $(NBVAL) $(PARALLEL) labs $(PYTEST_ARGS)
@@ -55,7 +56,7 @@ test-browser: $(STAMP)
 PORTABLE_CAPABILITY ?= default
 test-portable: $(STAMP)
 	ATEN_CPU_CAPABILITY=$(PORTABLE_CAPABILITY) $(BIN)/python -m pytest $(NBVAL) $(PARALLEL) labs $(PYTEST_ARGS)
-	ATEN_CPU_CAPABILITY=$(PORTABLE_CAPABILITY) $(BIN)/python -m pytest tests -m "numeric and not browser" $(PYTEST_ARGS)
+	ATEN_CPU_CAPABILITY=$(PORTABLE_CAPABILITY) $(BIN)/python -m pytest tests -m "numeric and not browser" $(PARALLEL) $(PYTEST_ARGS)
 
 run-labs: $(STAMP)
 	$(BIN)/labkit run-labs

@@ -159,7 +159,10 @@ def _log_claim(c: Claim) -> None:
     if not path:
         return
     record = {"claim": c.text, "value": c.value, "low": c.low, "high": c.high, "holds": c.holds,
-              "lab": os.environ.get("LABKIT_LAB", "")}
+              "lab": os.environ.get("LABKIT_LAB", ""),
+              # which machine it stands for: torch's CPU kernels and the thread count
+              "capability": os.environ.get("ATEN_CPU_CAPABILITY", "native"),
+              "threads": os.environ.get("OMP_NUM_THREADS", "")}
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
 

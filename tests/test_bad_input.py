@@ -587,6 +587,25 @@ case("parallel.ddp_grad_norm_figure",
      Bad("results", exactly(None, [], [{"rank": 0}], "x"), lambda c, v: Par.ddp_grad_norm_figure(v)))
 
 
+case("parallel.room_for",
+     Bad("nproc", POSINT, lambda c, v: Par.room_for(v)),
+     Bad("process_mb", POS, lambda c, v: Par.room_for(2, v)))
+# refused before a torchrun starts: a bad argument never leaves a group of ranks behind
+for _name, _make in (("WorkerGroup", lambda **k: Par.WorkerGroup(**k)),
+                     ("worker_group", lambda **k: Par.worker_group(**k))):
+    case(f"parallel.{_name}",
+         Bad("nproc", POSINT, lambda c, v, m=_make: m(nproc=v)),
+         Bad("env", exactly("A=1", 3, ["A"]), lambda c, v, m=_make: m(nproc=2, env=v)))
+case("parallel.WorkerGroup",
+     Bad("preload_workers", exactly("ddp", ["no-such-worker"], 3), lambda c, v: Par.WorkerGroup(2, preload_workers=v)),
+     Bad("start_timeout", POS, lambda c, v: Par.WorkerGroup(2, start_timeout=v)))
+
+
+def _storage(model, dtype="fp16"):
+    with Pr.gradient_storage(model, dtype):
+        pass
+
+
 # precision ----------------------------------------------------------------------------------------
 FMT = exactly("fp7", "", None, 3, torch.int64)
 X = torch.tensor([1e-8, 1.0, 7e4])
@@ -598,6 +617,17 @@ for _f in ("kind_of", "overflows", "ulp"):
     case(f"precision.{_f}",
          Bad("fmt", FMT, lambda c, v, f=_fn: f(1.0, v)),
          Bad("stored" if _f == "kind_of" else "value", exactly(None, "1.0", [1.0]), lambda c, v, f=_fn: f(v, "fp16")))
+case("precision.gradient_storage",
+     Bad("model", OBJ, lambda c, v: _storage(v)),
+     Bad("dtype", exactly("fp7", None, 3, "int8"), lambda c, v: _storage(c.lm, v)))
+case("precision.fp16_gradient_storage", Bad("model", OBJ, lambda c, v: _storage(v)))
+_BATCH = {"input_ids": torch.zeros(1, 8, dtype=torch.long), "labels": torch.zeros(1, 8, dtype=torch.long)}
+case("precision.gradient_storage_runs",
+     Bad("model", OBJ, lambda c, v: Pr.gradient_storage_runs(v, [_BATCH])),
+     Bad("batches", exactly(None, [], "x", [3]), lambda c, v: Pr.gradient_storage_runs(c.lm, v)),
+     Bad("lr", POS, lambda c, v: Pr.gradient_storage_runs(c.lm, [_BATCH], lr=v)),
+     Bad("modes", exactly("fp32", ["fp8"], [], None), lambda c, v: Pr.gradient_storage_runs(c.lm, [_BATCH], modes=v)),
+     Bad("init_scale", POS, lambda c, v: Pr.gradient_storage_runs(c.lm, [_BATCH], modes=("fp16+scaler",), init_scale=v)))
 case("precision.cast",
      Bad("x", exactly([1.0], 1.0, None, "x"), lambda c, v: Pr.cast(v, "bf16")),
      Bad("fmt", FMT, lambda c, v: Pr.cast(X, v)))
@@ -978,6 +1008,10 @@ case("align.parameter_table", Bad("runs", exactly(None, "x", {"a": 3}), lambda c
 case("align.side_by_side",
      Bad("frames", exactly(None, {}, "x", {"a": 3}), lambda c, v: A.side_by_side(v)),
      Bad("n", POSINT, lambda c, v: A.side_by_side({"a": pd.DataFrame({"question": ["q"], "expected": ["a"], "response": ["b"]})}, v)))
+case("align.compact_summary", Bad("summary", exactly(None, "x", pd.DataFrame({"exact_match": [1.0]})), lambda c, v: A.compact_summary(v)))
+case("align.judge_breakdown",
+     Bad("prompts", exactly(None, "one prompt", [3]), lambda c, v: A.judge_breakdown(v, {"p": ["a"]})),
+     Bad("responses", exactly(None, {"p": "not a list"}, {"p": ["a", "b"]}, "x"), lambda c, v: A.judge_breakdown(["Who?"], v)))
 case("align.summarize_answers", Bad("frames", exactly(None, {}, "x", {"a": 3}), lambda c, v: A.summarize_answers(v)))
 # reward
 case("align.annotation_agreement",
@@ -1168,6 +1202,11 @@ case("evaluation.check_program",
      Bad("program", exactly(None, 3, b"print(1)"), lambda c, v: E.check_program(v)),
      Bad("timeout", POS, lambda c, v: E.check_program("pass", v)),
      Bad("limits", exactly("x", {}, 3), lambda c, v: E.check_program("pass", 1.0, v)))
+case("evaluation.evaluate_distinct",
+     Bad("tasks", exactly([], None, [3]), lambda c, v: E.evaluate_distinct(v, {"t1": ["    return 1"]})),
+     Bad("completions", exactly(None, "x", {"t1": "    return 1"}, {"t1": [3]}, {"t9": ["pass"]}), lambda c, v: E.evaluate_distinct([TASK], v)),
+     Bad("workers", POSINT, lambda c, v: E.evaluate_distinct([TASK], {"t1": ["    return 1"]}, workers=v)),
+     Bad("timeout", POS, lambda c, v: E.evaluate_distinct([TASK], {"t1": ["    return 1"]}, v)))
 case("evaluation.evaluate_completions",
      Bad("tasks", exactly([], None, [3]), lambda c, v: E.evaluate_completions(v, {"t1": ["    return 1"]})),
      Bad("completions", exactly(None, "x", {"t1": "    return 1"}, {"t1": [3]}), lambda c, v: E.evaluate_completions([TASK], v)),

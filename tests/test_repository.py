@@ -9,6 +9,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from labkit.yourmodel import CELLS
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -147,3 +149,59 @@ def test_labkit_never_imports_ipywidgets():
     offenders = [p.name for p in (ROOT / "labkit").rglob("*.py")
                  if re.search(r"^\s*(import|from)\s+ipywidgets", p.read_text(), re.M)]
     assert not offenders, f"labkit computes, widgets show: {offenders} import ipywidgets"
+
+
+def _statements(code: str) -> list[str]:
+    """The lines of `code` that are not part of an import (a notebook may wrap imports)."""
+    lines, depth, importing = [], 0, False
+    for line in code.splitlines():
+        stripped = line.strip()
+        if depth == 0:
+            importing = stripped.startswith(("import ", "from "))
+        depth += stripped.count("(") - stripped.count(")")
+        if stripped and not importing:
+            lines.append(stripped)
+    return lines
+
+
+@pytest.mark.parametrize("lab", sorted(CELLS))
+def test_lab_shows_labkit_yourmodel_cell(lab):
+    """The "Your own model" cell in the lab runs the code tests/test_standard_models.py tests:
+    labkit.yourmodel.CELLS[lab], line for line (imports may be wrapped differently)."""
+    path = next(p for p in LABS if p.name.startswith(lab + "_"))
+    nb = nbformat.read(path, as_version=4)
+    want = _statements(CELLS[lab].code)
+    assert want, lab
+    best = max((sum(line in {s.strip() for s in c.source.splitlines()} for line in want), i)
+               for i, c in enumerate(nb.cells) if c.cell_type == "code")
+    assert best[0] == len(want), f"{path.name}: no code cell holds CELLS[{lab!r}]'s code"
+    source = nb.cells[best[1]].source
+    for name in CELLS[lab].inputs:
+        assert re.search(rf"^\s*{name} = ", source, re.M), f"{path.name}: input {name} not set"
+    assert re.search(r"^RUN_OWN_\w+ = False", source, re.M), "off unless the learner turns it on"
+    title = nb.cells[best[1] - 1]
+    assert title.cell_type == "markdown" and title.source.startswith(f"## {CELLS[lab].title}")
+
+
+def test_browser_test_javascript_parses(tmp_path):
+    """The browser tests' JavaScript lives in Python strings, where a "\\n" becomes a line
+    break inside a JS string literal: every snippet must still parse (node --check)."""
+    import importlib.util
+    import shutil
+    import subprocess
+
+    node = shutil.which("node") or shutil.which("nodejs")
+    if node is None:
+        pytest.skip("node is not installed")
+    spec = importlib.util.spec_from_file_location(
+        "browser_js", ROOT / "tests" / "browser" / "test_labs_in_browser.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    snippets = {name: value for name, value in vars(module).items()
+                if name.startswith("JS_") and isinstance(value, str)}
+    assert len(snippets) >= 5
+    for name, source in snippets.items():
+        path = tmp_path / f"{name}.js"
+        path.write_text(f"const f = {source};\n")
+        done = subprocess.run([node, "--check", str(path)], capture_output=True, text=True)
+        assert done.returncode == 0, f"{name} is not valid JavaScript:\n{done.stderr[-800:]}"

@@ -155,7 +155,7 @@ JS_PAGE_STATE = """([name, traceSelector, widgetOutput]) => {""" + FIND_PANEL + 
     const titleBox = titleNode ? titleNode.getBoundingClientRect() : null;
     // a log axis spanning absurd decades (an annotation or shape placed at log10(x) on a log
     // axis stretches it to 1e-54): more than 20 decades is never a readable figure
-    const wideLogAxes = Object.keys(fl).filter((k) => /^[xy]axis\d*$/.test(k)
+    const wideLogAxes = Object.keys(fl).filter((k) => /^[xy]axis\\d*$/.test(k)
       && fl[k] && fl[k].type === "log" && Array.isArray(fl[k].range)
       && Math.abs(fl[k].range[1] - fl[k].range[0]) > 20)
       .map((k) => `${k} spans ${Math.abs(fl[k].range[1] - fl[k].range[0]).toFixed(0)} decades`);
@@ -176,7 +176,7 @@ JS_PAGE_STATE = """([name, traceSelector, widgetOutput]) => {""" + FIND_PANEL + 
       }
     }
     const unnamed = [...p.querySelectorAll(".legendtext")].map((n) => n.textContent.trim())
-      .filter((t) => /^trace \d+$/.test(t));
+      .filter((t) => /^trace \\d+$/.test(t));
     return {
       wideLogAxes, overlaps, unnamed,
       titleCut: !!titleBox && titleBox.width > 0
@@ -204,8 +204,8 @@ JS_PAGE_STATE = """([name, traceSelector, widgetOutput]) => {""" + FIND_PANEL + 
     const cellIndex = [...root.querySelectorAll(".jp-Cell")].indexOf(out.closest(".jp-Cell"));
     for (const pre of out.querySelectorAll(":scope > pre, .jp-RenderedText > pre")) {
       if (!charWidth) break;
-      const lines = pre.textContent.split("\n");
-      const rows = lines.filter((l) => (l.match(/\S {2,}\S/g) || []).length >= 2);
+      const lines = pre.textContent.split("\\n");
+      const rows = lines.filter((l) => (l.match(/\\S {2,}\\S/g) || []).length >= 2);
       const widest = Math.max(0, ...rows.map((l) => l.length));
       if (rows.length >= 2 && widest * charWidth > pre.clientWidth + 2) {
         problems.push(`cell ${cellIndex}: a printed table is ${widest} characters wide and ` +

@@ -355,3 +355,34 @@ def test_evaluate_completions_bad_input():
         evaluate_completions([], {})
     with pytest.raises(LabkitError, match="not a string"):
         evaluate_completions(TASKS, {"world/0": [None]})
+
+
+def test_an_interpreter_under_tmp_still_runs_programs(tmp_path):
+    """The sandbox puts a private tmpfs over /tmp: a project cloned there (its venv under
+    /tmp, as a CI checkout may be) must still find its interpreter inside, in every mode."""
+    import shutil
+    import subprocess
+    import sys
+    import sysconfig
+
+    if not str(tmp_path).startswith("/tmp/"):
+        pytest.skip(f"pytest's tmp_path is not under /tmp here ({tmp_path})")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    script = tmp_path / "run.py"
+    script.write_text(
+        "from labkit.evaluation import SandboxLimits, check_program\n"
+        "import shutil\n"
+        "for backend in ['auto'] + (['bwrap'] if shutil.which('bwrap') else []):\n"
+        "    for run_as in ('nobody', None):\n"
+        "        r = check_program('print(6 * 7)\\n', limits=SandboxLimits(backend=backend, run_as=run_as))\n"
+        "        print(backend, run_as, r.outcome, r.reason, r.stdout.strip())\n")
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), sysconfig.get_paths()["purelib"]]))
+    done = subprocess.run([str(venv / "bin" / "python"), str(script)], capture_output=True,
+                          text=True, env=env, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == (4 if shutil.which("bwrap") else 2), done.stdout
+    for line in lines:
+        assert line.split()[2] == "passed" and line.endswith(" 42"), line

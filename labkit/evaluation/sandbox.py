@@ -205,8 +205,19 @@ def minimal_dev():
     os.mkdir("/dev/shm")
     mount(None, "/dev", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NOEXEC)
 
+def interpreter_places():
+    # what the interpreter needs to start: its prefix (a venv), the base Python's, its binary
+    places = (sys.base_prefix, sys.prefix, os.path.dirname(os.path.realpath(sys.executable)))
+    needed = {os.path.realpath(p) for p in places}
+    return sorted(p for p in needed if not any(p.startswith(q + os.sep) for q in needed))
+
 def private_tmp(size, inner):
-    # one tmpfs holds /tmp, /var/tmp, /dev/shm and the working directory: one total cap
+    # one tmpfs holds /tmp, /var/tmp, /dev/shm and the working directory: one total cap.
+    # An interpreter that lives there (a project cloned into /tmp) is bound back read-only,
+    # or no program could start.
+    kept = [p for p in interpreter_places()
+            if any(p.startswith(t + os.sep) for t in ("/tmp", "/var/tmp"))]
+    handles = [(os.open(p, os.O_PATH | os.O_DIRECTORY), os.statvfs(p).f_flag) for p in kept]
     mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},nr_inodes=4096,mode=1777")
     for sub in ("tmp", "var-tmp", "shm"):
         os.mkdir("/tmp/" + sub)
@@ -214,6 +225,13 @@ def private_tmp(size, inner):
     for target, sub in (("/var/tmp", "var-tmp"), ("/dev/shm", "shm"), ("/tmp", "tmp")):
         if os.path.isdir(target):
             mount("/tmp/" + sub, target, None, MS_BIND)
+    keep = ((os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV), (os.ST_NOEXEC, MS_NOEXEC))
+    for path, (handle, flags) in zip(kept, handles):
+        os.makedirs(path, exist_ok=True)
+        mount(f"/proc/self/fd/{handle}", path, None, MS_BIND | MS_REC)
+        extra = sum(m for f, m in keep if flags & f)
+        mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | extra)
+        os.close(handle)
 
 def make_workdir(source, inner):
     os.mkdir(inner, 0o700)
@@ -227,9 +245,7 @@ def make_workdir(source, inner):
 
 def hide_homes():
     # the interpreter may live in the home directory (pyenv, conda): bind it back, read-only
-    places = (sys.base_prefix, sys.prefix, os.path.dirname(os.path.realpath(sys.executable)))
-    needed = {os.path.realpath(p) for p in places}
-    needed = {p for p in needed if not any(p.startswith(q + os.sep) for q in needed)}
+    needed = set(interpreter_places())
     hidden = True
     for home in hide:
         home = os.path.realpath(home)
@@ -983,6 +999,8 @@ def _bwrap_argv(interpreter: str, disk_bytes: int, program_fd: int) -> tuple[lis
         os.path.dirname(os.path.dirname(path))
         for path in (os.path.realpath(interpreter), os.path.abspath(interpreter))
     }
+    for path in sorted(k for k in keep if k.startswith("/tmp" + os.sep)):
+        argv += ["--ro-bind", path, path]  # a venv inside /tmp (a project cloned there)
     hidden, covered = True, ["/tmp"]
     for home in sorted(os.path.realpath(h) for h in _homes_to_hide()):
         if home == "/" or not os.path.isdir(home):

@@ -206,8 +206,10 @@ def minimal_dev():
     mount(None, "/dev", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NOEXEC)
 
 def interpreter_places():
-    # what the interpreter needs to start: its prefix (a venv), the base Python's, its binary
-    places = (sys.base_prefix, sys.prefix, os.path.dirname(os.path.realpath(sys.executable)))
+    # what the interpreter needs to start: its prefix (a venv: bin/.. of the path it was started
+    # by, since under -S sys.prefix is the base Python's), the base Python's, its binary
+    places = (sys.base_prefix, sys.prefix, os.path.dirname(os.path.realpath(sys.executable)),
+              os.path.dirname(os.path.dirname(os.path.abspath(sys.executable))))
     needed = {os.path.realpath(p) for p in places}
     return sorted(p for p in needed if not any(p.startswith(q + os.sep) for q in needed))
 

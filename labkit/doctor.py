@@ -173,12 +173,22 @@ def run_doctor() -> list[Row]:
     return machine_rows() + dependency_rows() + data_rows() + tool_rows() + sandbox_rows()
 
 
-def format_rows(rows: list[Row]) -> str:
+def format_rows(rows: list[Row], width: int = 96) -> str:
+    """The doctor's table, at most `width` characters wide (a notebook cell shows about 100):
+    a long finding wraps under its column, and a row's fix goes on its own indented line."""
+    import textwrap
+
     w_item = max(len(r.item) for r in rows)
-    w_found = min(60, max(len(r.found) for r in rows))
-    lines = [f"{'check':<{w_item}}  status  {'found':<{w_found}}  fix", "-" * (w_item + w_found + 20)]
+    w_found = max(12, width - w_item - 10)
+    lines = [f"{'check':<{w_item}}  status  found (-> what to do)", "-" * width]
     for r in rows:
-        lines.append(f"{r.item:<{w_item}}  {r.status:<6}  {r.found:<{w_found}}  {r.fix}".rstrip())
+        found = textwrap.wrap(r.found, w_found, break_on_hyphens=False) or [""]
+        lines.append(f"{r.item:<{w_item}}  {r.status:<6}  {found[0]}".rstrip())
+        lines += [" " * (w_item + 10) + more for more in found[1:]]
+        if r.fix and r.status != "OK":
+            lines += textwrap.wrap(r.fix, width, break_on_hyphens=False,
+                                   initial_indent=" " * (w_item + 10) + "-> ",
+                                   subsequent_indent=" " * (w_item + 13))
     fails = sum(r.status == "FAIL" for r in rows)
     warns = sum(r.status == "WARN" for r in rows)
     lines.append(f"{len(rows)} checks: {len(rows) - fails - warns} OK, {warns} WARN, {fails} FAIL")

@@ -239,6 +239,7 @@ def test_smoke_run_makes_every_stage_and_a_full_report_card(smoke):
         assert row.due_to
     text = card_text(card)
     assert "knowledge test accuracy" in text and "nf4" in text
+    assert max(len(line) for line in text.splitlines()) <= 100  # fits a notebook cell
     for name in ("report.md", "report.json", "figure.html", "latest.json"):
         assert (smoke.run_dir / name).stat().st_size > 0
     figure = smoke.figure()

@@ -280,9 +280,11 @@ class PrecisionExplorer:
             bar.name = name
             # short: a long title is cut off in a narrow notebook; the details go below
             self.figure.layout.title.text = f"Where the values of {name} fall"
-            marker = self.figure.data[1]
-            if marker.x is not None and len(marker.x):
-                marker.y = [0, float(share.max()) if share.size else 1.0]
+        # The marker in its own restyle: in one batch with the bars, the properties set on the
+        # bars only (name, x) reach the marker as null, and plotly.js resets them ("trace 1").
+        marker = self.figure.data[1]
+        if marker.x is not None and len(marker.x):
+            marker.y = [0, float(share.max()) if share.size else 1.0]
         text = shares_html(shares, f"{sampled}; the histogram leaves out {zeros:,} exact "
                                    "zeros (no logarithm)")
         if errors:

@@ -204,12 +204,15 @@ class ChinchillaCalculator:
         n = np.logspace(math.log10(s["n_opt"]) - 2.0, math.log10(s["n_opt"]) + 2.0, 161)
         with self.figure.batch_update():
             self.curve.x, self.curve.y = n, self.law.loss(n, s["flops"] / (6.0 * n))
-            self.curve.name = f"isoFLOP curve of your C = {s['flops']:.2g} FLOPs"
             self.optimum.x, self.optimum.y = [s["n_opt"]], [s["loss_opt"]]
             self.point.x, self.point.y = [s["n_params"]], [s["loss"]]
             # from the irreducible loss E up to whatever must stay in view
             top = max(self.law.E + 2.0, s["loss_opt"] + 1.0, 1.05 * s["loss"])
             self.figure.layout.yaxis.range = [self.law.E - 0.05, top]
+        # Not in the batch: a batch is one restyle of every trace it touches, and a property set
+        # on one trace only reaches the others as null, which plotly.js reads as "reset" (the
+        # other two lost their names and showed as "trace 6", "trace 7").
+        self.curve.name = f"isoFLOP curve of your C = {s['flops']:.2g} FLOPs"
         self.readout.value = self._readout(s)
         kind, text = note or ("ok", "move N or D, or type a FLOP budget C and press Enter")
         self.message.value = _message(kind, text)

@@ -147,12 +147,22 @@ def _fmt(measure: str, value) -> str:
     return f"{value:.3f}"
 
 
-def card_text(card: pd.DataFrame, with_reasons: bool = True) -> str:
-    """The card as aligned plain text (or markdown-ready rows)."""
+def card_text(card: pd.DataFrame, with_reasons: bool = True, width: int = 96) -> str:
+    """The card as aligned plain text: one row per measure, and below it, numbered, what each
+    gap is due to, wrapped at `width` characters (a notebook cell shows about 100)."""
+    import textwrap
+
     shown = card.assign(yours=[_fmt(m, v) for m, v in zip(card["measure"], card["yours"])],
                         shipped=[_fmt(m, v) for m, v in zip(card["measure"], card["shipped"])])
-    columns = ["stage", "measure", "yours", "shipped"] + (["due_to"] if with_reasons else [])
-    return shown[columns].to_string(index=False)
+    columns = ["stage", "measure", "yours", "shipped"]
+    if not with_reasons:
+        return shown[columns].to_string(index=False)
+    shown = shown.assign(why=[f"[{i}]" for i in range(1, len(shown) + 1)])
+    lines = [shown[columns + ["why"]].to_string(index=False), "", "what each gap is due to:"]
+    for i, reason in enumerate(shown["due_to"], 1):
+        lines += textwrap.wrap(str(reason), width, initial_indent=f"[{i}] ".ljust(5),
+                               subsequent_indent=" " * 5, break_on_hyphens=False)
+    return "\n".join(lines)
 
 
 def compute_table(result) -> pd.DataFrame:
@@ -198,9 +208,11 @@ def report_figure(result):
         f"pass@{k}": (ev["code"]["pass_at_k"][k], sh["code"]["pass_at_k"].get(k, math.nan)),
     }
     fig = make_subplots(rows=1, cols=3, column_widths=[0.6, 0.2, 0.2],
+                        # the narrow columns get short titles on two lines: long ones ran
+                        # into each other in a notebook-wide figure
                         subplot_titles=("scores (fraction, higher is better)",
-                                        "held-out bits per byte (lower is better)",
-                                        "pre-training FLOPs (6ND, log scale)"))
+                                        "held-out bits/byte<br>(lower is better)",
+                                        "training FLOPs<br>(6ND, log scale)"))
     for i, (who, colour) in enumerate((("yours", "#d62728"), ("shipped", "#1f77b4"))):
         values, errors = [], []
         for value in scores.values():

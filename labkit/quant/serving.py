@@ -194,14 +194,16 @@ def serving_figure(
     fig = go.Figure()
     fig.add_bar(x=table.precision, y=table.weights_gb, name="weights")
     fig.add_bar(x=table.precision, y=table.kv_cache_gb, name="KV cache")
-    for capacity in sorted(set(GPUS.values())):
+    # Neighbouring sizes (16 and 24 GB, 40 and 48) sit a few pixels apart once the axis must
+    # reach a 70B model's fp32 weights: their labels alternate sides so they never overlap.
+    for i, capacity in enumerate(sorted(set(GPUS.values()))):
         names = ", ".join(n for n, c in GPUS.items() if c == capacity)
         fig.add_hline(
             y=capacity * headroom,
             line_dash="dot",
             line_color="gray",
             annotation_text=f"{names} ({headroom:.0%} usable)",
-            annotation_position="top left",
+            annotation_position="top left" if i % 2 == 0 else "top right",
         )
     spec = model_spec(model)
     fig.update_layout(

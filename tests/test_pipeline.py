@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -152,7 +153,8 @@ def _fake_stages(calls: list, fail: str | None = None, interrupt: str | None = N
                 raise KeyboardInterrupt
             if name == fail:
                 raise ValueError("the disk is on fire")
-            return {"made": name}
+            # metrics carry timings, which differ from run to run (as every real stage's do)
+            return {"made": name, "wall_s": time.perf_counter()}
         return body
 
     return [Stage("a", "first", ("data",), (), lambda cfg: [], make("a")),

@@ -149,6 +149,13 @@ def outputs_of(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MARKER}
 
 
+def artifacts_fingerprint(outputs: dict[str, str]) -> str:
+    """What the stages downstream are keyed on: the hashes of a stage's artifacts. Its
+    metrics.json is left out: it is computed from those artifacts, and it also holds timings,
+    so a stage rebuilt into the same bytes would otherwise re-run everything after it."""
+    return _digest({name: sha for name, sha in outputs.items() if name != "metrics.json"})
+
+
 def trusted(folder: Path, key: str) -> dict | None:
     """The marker of a finished stage folder whose outputs are intact, else None."""
     try:
@@ -313,7 +320,7 @@ def run(config="cpu", run_dir: str | os.PathLike = "capstone-run", *, overrides:
                     if marker is None:  # pragma: no cover - the folder changed under us
                         raise StageError(stage.name, f"its artifacts in {final} changed while "
                                                      "being published")
-                fingerprints[stage.name] = _digest(marker["outputs"])
+                fingerprints[stage.name] = artifacts_fingerprint(marker["outputs"])
                 result.stages.append(record)
             bar.close()
             result.seconds = time.perf_counter() - wall

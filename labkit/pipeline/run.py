@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import LabkitError
+from ..samples import file_sha256
 
 MARKER = "_complete.json"
 FORMAT = 1  # bump when a stage's artifacts change meaning: every key changes with it
@@ -114,14 +115,6 @@ class RunResult:
 
 
 # --- hashing ----------------------------------------------------------------------------------
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _digest(value) -> str:

@@ -8,7 +8,6 @@ command (`labkit train-models`) and keep their MANIFEST entries across rebuilds.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import random
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from ..errors import LabkitError
 from ..samples import REPO_ROOT, data_dir
+from ..samples import file_sha256 as sha256
 from .bench import LM_EVAL_LOADER, LM_EVAL_YAML, contaminated_set, knowledge_test
 from .code import code_tasks
 from .crawl import label_dicts, make_pages, write_warc
@@ -44,14 +44,6 @@ def _gz(data: bytes) -> bytes:
     with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0, filename="") as fh:
         fh.write(data)
     return buf.getvalue()
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _repository_manifest() -> dict:

@@ -64,15 +64,20 @@ def _package_workers() -> tuple[str, ...]:
                         if p.stem not in (*LIBRARY_MODULES, "serve", "checkpoint")))
 
 
+def _environment(env: Mapping | None) -> dict[str, str]:
+    """A group's extra environment variables as strings (what a group is also matched by)."""
+    if env is not None and not isinstance(env, Mapping):
+        raise LabkitError(f"env must be a dict of environment variables, got {type(env).__name__}")
+    return {k: str(v) for k, v in (env or {}).items()}
+
+
 class WorkerGroup:
     """`nproc` ranks under one torchrun that run worker scripts on request (see the module)."""
 
     def __init__(self, nproc: int = 2, env: Mapping | None = None,
                  preload_workers: Sequence[str] | None = None, start_timeout: float = 120):
         positive_int(nproc, "nproc"), positive(start_timeout, "start_timeout")
-        if env is not None and not isinstance(env, Mapping):
-            raise LabkitError(f"env must be a dict of environment variables, got {type(env).__name__}")
-        self.nproc, self.env = nproc, {k: str(v) for k, v in (env or {}).items()}
+        self.nproc, self.env = nproc, _environment(env)
         # the launcher imports what these workers import, once, before forking the ranks
         if preload_workers is not None and (isinstance(preload_workers, (str, bytes))
                                             or not isinstance(preload_workers, Sequence)):
@@ -260,9 +265,7 @@ def worker_group(nproc: int = 2, env: Mapping | None = None, **kwargs) -> Worker
     A notebook can call this at the top of each part: it never starts a second group with the
     same shape, so re-running a cell does not double the memory."""
     positive_int(nproc, "nproc")
-    if env is not None and not isinstance(env, Mapping):
-        raise LabkitError(f"env must be a dict of environment variables, got {type(env).__name__}")
-    key = {k: str(v) for k, v in (env or {}).items()}
+    key = _environment(env)
     for group in _GROUPS:
         if group.nproc == nproc and group.env == key and group.alive:
             return group

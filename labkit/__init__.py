@@ -21,6 +21,21 @@ import sys as _sys  # noqa: E402
 if "jsonschema" not in _sys.modules:
     _sys.modules.setdefault("rfc3987_syntax", None)
 
+# On a CPU with AVX512-BF16, importing bitsandbytes 0.50 asks the `kernels` package to fetch an
+# optional 4-bit GEMM kernel from the Hugging Face Hub and, when it cannot (not installed, or
+# offline), logs a warning to stderr from inside the import; its own CPU code then runs, as on
+# every other CPU. Offline is this project's default, so that one message says nothing a learner
+# can act on (and it broke a checked cell's output on such CPUs). Other bitsandbytes messages pass.
+import logging as _logging  # noqa: E402
+
+
+class _NoHubKernelNotice(_logging.Filter):
+    def filter(self, record):
+        return not str(record.msg).startswith("Failed to load CPU gemm_4bit_forward from kernels-community")
+
+
+_logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_NoHubKernelNotice())
+
 from .errors import LabkitError  # noqa: E402
 from .profiles import PROFILES, Profile, profile, seed_everything  # noqa: E402
 from .samples import data_dir, sample_path  # noqa: E402

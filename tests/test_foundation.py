@@ -207,3 +207,23 @@ def test_pinning_refuses_a_checked_cell_that_returns_html():
         pinned_outputs(cell)
     cell.outputs = [nbformat.v4.new_output("execute_result", data={"text/plain": "0.5"})]
     assert pinned_outputs(cell)[0].data == {"text/plain": "0.5"}
+
+
+def test_bitsandbytes_hub_kernel_notice_is_quiet_and_other_messages_pass(caplog):
+    # bitsandbytes logs this from inside its import on AVX512-BF16 CPUs when the optional Hub
+    # kernel cannot be fetched (offline); labkit drops that one message and nothing else.
+    import logging
+
+    log = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    with caplog.at_level(logging.WARNING):
+        log.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make "
+                    "sure you already `pip install kernels`", "No module named 'kernels'")
+        log.warning("some other bitsandbytes warning")
+    assert [r.getMessage() for r in caplog.records] == ["some other bitsandbytes warning"]
+
+
+def test_importing_bitsandbytes_after_labkit_writes_nothing_to_stderr():
+    pytest.importorskip("bitsandbytes")
+    done = subprocess.run([sys.executable, "-c", "import labkit, bitsandbytes.functional"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "kernels-community" not in done.stderr, done.stderr

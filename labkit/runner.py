@@ -1,8 +1,9 @@
 """`labkit run-labs`: execute labs headless in fresh kernels and measure each one.
 
 This is the project's benchmark of lab runtimes: wall seconds from kernel start to the last
-cell, the peak resident memory of the kernel and every process it started (torchrun workers
-included), and their CPU seconds, both sampled every 100 ms. On a quiet machine a lab that runs
+cell, the peak memory of the kernel and every process it started (torchrun workers included;
+memory they share counted once, as a container's limit counts it), and their CPU seconds, both
+sampled every 100 ms. On a quiet machine a lab that runs
 one thread takes about its CPU seconds of wall time; the two differ when other work competes.
 """
 
@@ -33,6 +34,7 @@ class LabResult:
     peak_mib: float
     detail: str = ""
     cpu_s: float = 0.0  # user + system seconds of the kernel and its processes (sampled)
+    peak_rss_mib: float = 0.0  # the RSS sum: shared memory counted in every process (upper bound)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -62,27 +64,70 @@ def find_labs(only: list[str] | None = None, directory: Path | None = None) -> l
     return chosen
 
 
+# A child younger than this that still has its parent's command line has not exec'd yet: between
+# fork (or vfork, which subprocess uses) and exec it reads as a copy of its parent's memory.
+_PRE_EXEC_S = 0.5
+
+
+def _not_yet_its_own(child: psutil.Process, now: float) -> bool:
+    """True for a child caught between fork and exec: it owns no memory of its own yet (after a
+    vfork it *is* its parent's memory), so counting it would count the parent twice."""
+    if now - child.create_time() >= _PRE_EXEC_S:
+        return False
+    parent = child.parent()
+    return parent is not None and child.cmdline() == parent.cmdline()
+
+
+def _memory(child: psutil.Process) -> tuple[int, int]:
+    """(PSS, RSS) of one process. PSS splits a page shared by n processes into n parts, so the
+    sum over processes counts libtorch once however many torchrun workers map it, as a
+    container's memory limit (Binder's) does; the RSS sum counts it in every process. Where PSS
+    is not readable (not Linux, or another user's process) both are the RSS."""
+    rss = child.memory_info().rss
+    try:
+        return getattr(child.memory_full_info(), "pss", rss), rss
+    except psutil.AccessDenied:
+        return rss, rss
+
+
 class _PeakMemory:
-    """Samples the summed RSS of all descendants of this process in a background thread, and
-    the CPU seconds each has used (a process that lives under 100 ms may go uncounted)."""
+    """Samples the memory of all descendants of this process in a background thread, and the
+    CPU seconds each has used (a process that lives under 100 ms may go uncounted).
+
+    `peak` is the largest sum of their PSS (memory shared between them counted once, a child
+    between fork and exec not at all), the lab's budget figure; `peak_rss` the largest sum of
+    their RSS, every process counted whole (run-labs' measure before 2026-12-07: an upper bound
+    that counts libtorch once per torchrun worker, and a kernel twice while it starts a
+    subprocess)."""
 
     def __init__(self, interval: float = 0.1):
-        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self.interval, self._stop = interval, threading.Event()
+        self.peak = self.peak_rss = 0
         self._cpu: dict[tuple[int, float], float] = {}  # (pid, start time) -> user+system s
         self._me = psutil.Process()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def sample(self) -> tuple[int, int]:
+        """One reading: (PSS sum, RSS sum) in bytes; also records CPU seconds."""
+        pss_total = rss_total = 0
+        now = time.time()
+        for child in self._me.children(recursive=True):
+            try:
+                t = child.cpu_times()
+                self._cpu[(child.pid, child.create_time())] = t.user + t.system
+                if _not_yet_its_own(child, now):
+                    pss, rss = 0, child.memory_info().rss
+                else:
+                    pss, rss = _memory(child)
+            except psutil.Error:
+                continue
+            pss_total, rss_total = pss_total + pss, rss_total + rss
+        return pss_total, rss_total
+
     def _run(self):
         while not self._stop.is_set():
-            total = 0
-            for child in self._me.children(recursive=True):
-                try:
-                    total += child.memory_info().rss
-                    t = child.cpu_times()
-                    self._cpu[(child.pid, child.create_time())] = t.user + t.system
-                except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
+            pss, rss = self.sample()
+            self.peak, self.peak_rss = max(self.peak, pss), max(self.peak_rss, rss)
             self._stop.wait(self.interval)
 
     def __enter__(self):
@@ -250,7 +295,7 @@ def run_lab(path: Path, *, cell_timeout: int = 600, output_dir: Path | None = No
         output_dir.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, output_dir / path.name)
     return LabResult(path.stem, status, round(wall, 1), round(mem.peak / 2**20, 0), detail,
-                     round(mem.cpu_s, 1))
+                     round(mem.cpu_s, 1), round(mem.peak_rss / 2**20, 0))
 
 
 def run_labs(only=None, profile: str | None = None, cell_timeout: int = 600,
@@ -330,7 +375,10 @@ def readme_table(record: dict, titles: dict[str, tuple[str, str]]) -> str:
                 f"{total_cpu / 60:.1f} CPU minutes for all {len(record['labs'])} labs. CPU s is "
                 "the user + system time of the kernel and every process it starts (torchrun "
                 "workers included), the fair figure on a shared machine; wall s is what you "
-                "wait on a quiet one. Regenerate this table with `labkit run-labs --readme`.")
+                "wait on a quiet one; peak memory is the largest sum of those processes' PSS "
+                "(memory they share, such as libtorch in each torchrun worker, counted once, as "
+                "a container's memory limit counts it). Regenerate this table with "
+                "`labkit run-labs --readme`.")
     return "\n".join(rows)
 
 
@@ -354,8 +402,12 @@ def update_readme(readme: Path, record: dict) -> None:
 
 
 def format_results(results: list[LabResult], profile_name: str) -> str:
-    head = f"{'lab':<28} {'status':<8} {'wall s':>7} {'CPU s':>7} {'peak MiB':>9}  detail"
+    head = (f"{'lab':<28} {'status':<8} {'wall s':>7} {'CPU s':>7} {'peak MiB':>9} "
+            f"{'RSS sum':>8}  detail")
     lines = [f"labkit run-labs (profile {profile_name}, {machine_label()})", head, "-" * len(head)]
     for r in results:
-        lines.append(f"{r.lab:<28} {r.status:<8} {r.wall_s:>7.1f} {r.cpu_s:>7.1f} {r.peak_mib:>9.0f}  {r.detail}")
+        lines.append(f"{r.lab:<28} {r.status:<8} {r.wall_s:>7.1f} {r.cpu_s:>7.1f} {r.peak_mib:>9.0f} "
+                     f"{r.peak_rss_mib:>8.0f}  {r.detail}")
+    lines.append("peak MiB: the processes' summed PSS (memory they share counted once, as a "
+                 "container limit counts it); RSS sum: shared memory counted in each process")
     return "\n".join(lines)

@@ -96,7 +96,7 @@ def machine_rows() -> list[Row]:
     rows.append(Row("bitsandbytes kernels", "OK" if caps.bitsandbytes else "WARN", str(caps.bitsandbytes),
                     "" if caps.bitsandbytes else "pip install 'bitsandbytes>=0.46' (lab 10 falls back to labkit's own kernels)"))
     if caps.bitsandbytes and caps.device == "cpu":
-        from .env import bnb_cpu_4bit_kernel_ok
+        from .env import bnb_cpu_4bit_fused_bf16, bnb_cpu_4bit_kernel_ok
 
         ok = bnb_cpu_4bit_kernel_ok()
         rows.append(Row("bitsandbytes CPU 4-bit kernel", "OK" if ok else "WARN",
@@ -104,6 +104,11 @@ def machine_rows() -> list[Row]:
                         "wrong on this CPU for rows not a multiple of 64 (probed)",
                         "" if ok else "load_bnb_model refuses those NF4 models here; labkit's nf4 "
                         "or a GPU computes them right"))
+        fused = bnb_cpu_4bit_fused_bf16()
+        rows.append(Row("bitsandbytes CPU 4-bit matmul", "OK",
+                        "fused bf16 kernel (AVX512-BF16)" if fused else "dequantize, then fp32",
+                        "NF4 layers in eval mode compute in bf16 here: ~1e-3 from labkit's nf4 "
+                        "on logits" if fused else ""))
     rows.append(Row("cpu capability", "OK", _cpu_capability()))
     prof = profile()
     rows.append(Row("profile", "OK", prof.describe()))

@@ -88,6 +88,21 @@ def bnb_cpu_4bit_kernel_ok() -> bool | None:
     return _probe_bnb_cpu_dequantize_4bit()
 
 
+def bnb_cpu_4bit_fused_bf16() -> bool | None:
+    """Whether bitsandbytes' 4-bit layers compute in bf16 on this CPU (None: not installed).
+
+    On a CPU with AVX512-BF16, bitsandbytes 0.50's Linear4bit repacks its weight on the first
+    forward pass in eval mode without gradients and from then on runs a fused kernel that casts
+    the activations to bf16, whatever `bnb_4bit_compute_dtype` says: its outputs then differ
+    from an fp32 computation with the same codes by bf16 rounding (~1e-3 on logits of a few
+    units). Elsewhere it dequantizes and multiplies in the compute dtype."""
+    try:
+        from bitsandbytes.functional import has_avx512bf16
+    except Exception:
+        return None
+    return bool(has_avx512bf16())
+
+
 def cuda_has_bf16() -> bool:
     """Whether the CUDA card computes in bf16 natively (Ampere, sm 8.0, and newer).
 

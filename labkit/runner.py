@@ -100,11 +100,11 @@ class _PeakMemory:
     that counts libtorch once per torchrun worker, and a kernel twice while it starts a
     subprocess)."""
 
-    def __init__(self, interval: float = 0.1):
+    def __init__(self, interval: float = 0.1, root: psutil.Process | None = None):
         self.interval, self._stop = interval, threading.Event()
         self.peak = self.peak_rss = 0
         self._cpu: dict[tuple[int, float], float] = {}  # (pid, start time) -> user+system s
-        self._me = psutil.Process()
+        self._me = root or psutil.Process()  # whose descendants are measured
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def sample(self) -> tuple[int, int]:

@@ -52,3 +52,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in NUMERIC_MODULES:
             item.add_marker(pytest.mark.numeric)
+
+
+@pytest.fixture
+def bnb_fp32_path():
+    """Sets a bitsandbytes model's 4-bit layers to dequantize and multiply in their compute
+    dtype, the path every CPU without AVX512-BF16 takes; with it, bitsandbytes 0.50 switches an
+    eval-mode layer to a fused bf16 kernel on its first forward pass
+    (`labkit.env.bnb_cpu_4bit_fused_bf16`), and exact comparisons become bf16-rounding ones."""
+
+    def fp32_path(model):
+        for module in model.modules():
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
+        return model
+
+    return fp32_path

@@ -215,7 +215,7 @@ def test_bitsandbytes_hub_kernel_notice_is_quiet_and_other_messages_pass(caplog)
     import logging
 
     log = logging.getLogger("bitsandbytes.backends.cpu.ops")
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING, logger="bitsandbytes.backends.cpu.ops"):
         log.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make "
                     "sure you already `pip install kernels`", "No module named 'kernels'")
         log.warning("some other bitsandbytes warning")

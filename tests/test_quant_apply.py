@@ -201,10 +201,10 @@ def saved(tmp_path_factory):
     return path
 
 
-def test_bnb_nf4_load_equals_labkit_nf4(saved, model, tokens):
+def test_bnb_nf4_load_equals_labkit_nf4(saved, model, tokens, bnb_fp32_path):
     pytest.importorskip("bitsandbytes")
     _, held_out = tokens
-    bnb_model = load_bnb_model(saved, "nf4", device="cpu")
+    bnb_model = bnb_fp32_path(load_bnb_model(saved, "nf4", device="cpu"))
     ours = quantize_model(model, "nf4", 4)
     for name, layer in quant_layers(ours).items():
         bnb_layer = bnb_model.get_submodule(name)

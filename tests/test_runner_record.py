@@ -71,11 +71,14 @@ def test_memory_shared_by_forked_processes_counts_once(tmp_path):
 
     from labkit.runner import _PeakMemory
 
-    proc = subprocess.Popen([sys.executable, "-c", _SHARED, "6"], stdout=subprocess.PIPE, text=True)
+    # measured from a launcher, so that nothing else this test process started is counted
+    launcher = "import subprocess, sys; subprocess.run([sys.executable, '-c', sys.argv[1], '6'])"
+    proc = subprocess.Popen([sys.executable, "-c", launcher, _SHARED], stdout=subprocess.PIPE,
+                            text=True)
     try:
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(0.7)  # the forked child is past the pre-exec window: it counts
-        pss, rss = _PeakMemory().sample()
+        pss, rss = _PeakMemory(root=psutil.Process(proc.pid)).sample()
     finally:
         proc.kill()
         proc.wait()

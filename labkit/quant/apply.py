@@ -346,7 +346,9 @@ def load_bnb_model(path, mode: str = "int8", device: str | None = None, double_q
     not a multiple of the blocksize (64), so such an NF4 model would silently compute wrong
     outputs: when the probe (`labkit.env.bnb_cpu_4bit_kernel_ok`) finds the kernel wrong on this
     machine, that case is refused with a LabkitError (on CUDA, and where the probe passes, it
-    loads).
+    loads). On a CPU with AVX512-BF16, bitsandbytes runs NF4 layers in eval mode through a fused
+    bf16 kernel whatever the compute dtype (`labkit.env.bnb_cpu_4bit_fused_bf16`): logits then
+    differ from labkit's nf4 by bf16 rounding instead of float rounding.
     """
     if mode not in BNB_MODES:
         raise LabkitError(f"mode={mode!r} is not known; valid: {', '.join(BNB_MODES)}")

@@ -238,3 +238,41 @@ def test_crawl_corpora_are_lab_01s_and_cached(cache):
     stamp = os.stat(entry).st_mtime_ns
     assert crawl_corpora() == corpora  # read back, not rebuilt
     assert os.stat(entry).st_mtime_ns == stamp
+
+
+# --- benchmarks/bench_data_quality.py: lab 02's data-quality runs at longer training -----------
+
+BENCH = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "bench_data_quality.py")
+
+
+def _bench_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_data_quality", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_unigram_baseline_is_log_vocab_for_flat_counts_and_lowest_on_its_own_text():
+    unigram_loss = _bench_module().unigram_loss
+    vocab = 8
+    flat = np.arange(vocab).repeat(100)
+    assert unigram_loss(flat, flat, vocab) == pytest.approx(math.log(vocab))
+    skewed = np.array([0] * 90 + [1] * 10)
+    # the frequencies of a text predict that text better than another text's frequencies do
+    assert unigram_loss(skewed, skewed, vocab) < unigram_loss(flat, skewed, vocab)
+
+
+def test_bench_data_quality_runs_and_refuses_bad_arguments():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, BENCH, "--steps", "2", "--seeds", "2"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "2 steps (1,024 training tokens per run" in done.stdout
+    assert "clean wins" in done.stdout and "below its unigram" in done.stdout
+    bad = subprocess.run([sys.executable, BENCH, "--seeds", "0"], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and "--seeds must be whole numbers >= 1" in bad.stderr

@@ -74,8 +74,11 @@ def _not_yet_its_own(child: psutil.Process, now: float) -> bool:
     vfork it *is* its parent's memory), so counting it would count the parent twice."""
     if now - child.create_time() >= _PRE_EXEC_S:
         return False
-    parent = child.parent()
-    return parent is not None and child.cmdline() == parent.cmdline()
+    try:
+        parent = child.parent()
+        return parent is not None and child.cmdline() == parent.cmdline()
+    except psutil.AccessDenied:  # another user's process (hidepid): count it whole
+        return False
 
 
 def _memory(child: psutil.Process) -> tuple[int, int]:

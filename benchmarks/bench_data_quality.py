@@ -21,14 +21,6 @@ import argparse
 import time
 
 
-def unigram_loss(train_stream, held_stream, vocab: int) -> float:
-    """Held-out NLL (nats per token) of add-one smoothed token frequencies of `train_stream`."""
-    import numpy as np
-
-    counts = np.bincount(train_stream, minlength=vocab) + 1.0
-    return float(-np.log(counts / counts.sum())[held_stream].mean())
-
-
 def run(steps_list: list[int], seeds: int) -> None:
     import torch
 
@@ -45,6 +37,7 @@ def run(steps_list: list[int], seeds: int) -> None:
         paired_gaps,
         train_on_corpora,
     )
+    from labkit.pretrain.data import unigram_cross_entropy
 
     torch.set_num_threads(1)
     profile = labkit.profile()
@@ -56,7 +49,8 @@ def run(steps_list: list[int], seeds: int) -> None:
     held = fixed_batches(RandomBlocks(held_stream, s.seq_len, s.batch_size, seed=0), s.eval_batches)
     streams = {name: pack_texts(tok, [page.text for page in pages])
                for name, pages in crawl_corpora().items()}
-    baselines = {name: unigram_loss(stream, held_stream, len(tok)) for name, stream in streams.items()}
+    baselines = {name: unigram_cross_entropy(stream, held_stream, len(tok))
+                 for name, stream in streams.items()}
     print(f"{profile.describe()}; model {s.sweep_shapes[0]}, batch {s.sweep_batch_size} x "
           f"{s.seq_len} tokens, lr {s.lr}, seeds {s.seed}..{s.seed + seeds - 1}")
     print("unigram baseline of each corpus on the held-out text (nats per token): "

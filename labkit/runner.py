@@ -86,11 +86,12 @@ def _memory(child: psutil.Process) -> tuple[int, int]:
     sum over processes counts libtorch once however many torchrun workers map it, as a
     container's memory limit (Binder's) does; the RSS sum counts it in every process. Where PSS
     is not readable (not Linux, or another user's process) both are the RSS."""
-    rss = child.memory_info().rss
     try:
-        return getattr(child.memory_full_info(), "pss", rss), rss
+        full = child.memory_full_info()  # carries the RSS too: one read of /proc, not two
     except psutil.AccessDenied:
+        rss = child.memory_info().rss
         return rss, rss
+    return getattr(full, "pss", full.rss), full.rss
 
 
 class _PeakMemory:

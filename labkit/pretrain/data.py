@@ -173,6 +173,14 @@ class MaskedBlocks:
         self.blocks.load_state_dict(state["blocks"])
 
 
+def unigram_cross_entropy(train_stream, held_stream, vocab_size: int) -> float:
+    """Held-out NLL (nats per token) of predicting each token of `held_stream` by its add-one
+    smoothed frequency in `train_stream`: the baseline a model beats once it uses context."""
+    counts = np.bincount(np.asarray(train_stream, dtype=np.int64), minlength=vocab_size) + 1.0
+    logp = np.log(counts / counts.sum())
+    return float(-logp[np.asarray(held_stream, dtype=np.int64)].mean())
+
+
 @checks(get_batch=function, n=positive_int)
 def fixed_batches(get_batch, n: int) -> list[dict[str, torch.Tensor]]:
     """Draw `n` batches once (e.g. for evaluation, so every eval sees the same tokens)."""

@@ -44,10 +44,10 @@ def _corpus_stream(tokenizer, texts) -> np.ndarray:
 
 def unigram_perplexity(train_stream: np.ndarray, tokenizer, texts, vocab_size: int) -> float:
     """The baseline: each token predicted by its corpus frequency alone (add-one smoothed)."""
-    counts = np.bincount(train_stream.astype(np.int64), minlength=vocab_size) + 1.0
-    logp = np.log(counts / counts.sum())
+    from ..pretrain.data import unigram_cross_entropy
+
     ids = np.concatenate([np.asarray(x) for x in tokenizer(list(texts), add_special_tokens=False)["input_ids"]])
-    return float(math.exp(-logp[ids].mean()))
+    return math.exp(unigram_cross_entropy(train_stream, ids, vocab_size))
 
 
 def _card(name: str, recipe: dict, metrics: dict, history, extra: str) -> str:
